@@ -1,0 +1,163 @@
+"""BIDS input queries (pybids) and BIDS-Derivatives output names."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from . import __version__
+from .io import InputError, check_nifti
+
+log = logging.getLogger(__name__)
+
+
+def find_t1w(
+    bids_dir,
+    participant_label=(),
+    exclude_participant_label=(),
+    session="first",
+) -> pd.DataFrame:
+    """Find T1-weighted images of a BIDS dataset with pybids, one row per selected image.
+
+    Parameters
+    ----------
+    bids_dir : BIDS root folder.
+    participant_label, exclude_participant_label : subject labels without ``sub-``
+        to keep / drop (empty keeps all).
+    session : ``"first"`` keeps the first session (sorted label) of each subject,
+        ``"all"`` keeps every session, any other string keeps that session label only.
+        Among several runs of a session, the first run is kept.
+
+    Returns
+    -------
+    DataFrame with columns ``subject``, ``session`` (None without sessions), ``path``,
+    ``age``, ``sex``, ``img`` (BIDS filename prefix, e.g. ``sub-01_ses-1``) and
+    ``subdir`` (``sub-01`` or ``sub-01/ses-1``), sorted by ``img``. Ages come from
+    ``sessions.tsv`` when it has an ``age`` column, else ``participants.tsv``.
+
+    Raises
+    ------
+    InputError if the folder is missing or empty, is not BIDS, lists a participant
+    twice, or no T1w image matches the filters.
+    """
+    import bids
+
+    root = Path(bids_dir) if bids_dir else None
+    if root is None or not root.is_dir():
+        raise InputError(f"config key bids_dir: folder {bids_dir!r} does not exist")
+    if not any(root.iterdir()):
+        raise InputError(f"config key bids_dir: folder {root} is empty")
+    try:
+        layout = bids.BIDSLayout(
+            str(root), validate=False, indexer=bids.BIDSLayoutIndexer(index_metadata=False)
+        )
+    except Exception as exc:
+        raise InputError(f"config key bids_dir: {root} is not a BIDS dataset ({exc})") from exc
+    files = layout.get(
+        suffix="T1w", extension=[".nii", ".nii.gz"], datatype="anat", return_type="object"
+    )
+    rows = []
+    for f in files:
+        ent = f.get_entities()
+        rows.append(
+            {
+                "subject": ent["subject"],
+                "session": ent.get("session"),
+                "run": ent.get("run"),
+                "acquisition": ent.get("acquisition"),
+                "path": f.path,
+            }
+        )
+    df = pd.DataFrame(rows, columns=["subject", "session", "run", "acquisition", "path"])
+    if participant_label:
+        df = df[df.subject.isin([str(p).removeprefix("sub-") for p in participant_label])]
+    if exclude_participant_label:
+        drop = [str(p).removeprefix("sub-") for p in exclude_participant_label]
+        df = df[~df.subject.isin(drop)]
+    if df.empty:
+        raise InputError(f"config key bids_dir: no T1w image found in {root} with the filters")
+    df = df.sort_values(["subject", "session", "run", "acquisition", "path"], na_position="first")
+    df = df.drop_duplicates(["subject", "session"], keep="first")
+    if session == "first":
+        df = df.drop_duplicates("subject", keep="first")
+    elif session != "all":
+        df = df[df.session == str(session).removeprefix("ses-")]
+        if df.empty:
+            raise InputError(f"config key session: no T1w image with session {session!r}")
+    df = _add_demographics(root, df)
+    df["img"] = [
+        f"sub-{s}" + (f"_ses-{e}" if e else "") for s, e in zip(df.subject, df.session, strict=True)
+    ]
+    df["subdir"] = [
+        f"sub-{s}" + (f"/ses-{e}" if e else "") for s, e in zip(df.subject, df.session, strict=True)
+    ]
+    return df.sort_values("img").reset_index(drop=True)
+
+
+def _add_demographics(root: Path, df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    df["age"] = float("nan")
+    df["sex"] = None
+    ptsv = root / "participants.tsv"
+    if ptsv.is_file():
+        parts = pd.read_csv(ptsv, sep="\t", dtype={"participant_id": str}, na_values="n/a")
+        dup = parts.participant_id[parts.participant_id.duplicated()].unique()
+        if len(dup):
+            raise InputError(f"{ptsv}: duplicated participant_id {', '.join(map(str, dup))}")
+        parts["subject"] = parts.participant_id.str.removeprefix("sub-")
+        parts = parts.set_index("subject")
+        for col in ("age", "sex"):
+            if col in parts:
+                df[col] = df.subject.map(parts[col]).to_numpy()
+    for i, row in df.iterrows():
+        if not row.session:
+            continue
+        stsv = root / f"sub-{row.subject}" / f"sub-{row.subject}_sessions.tsv"
+        if stsv.is_file():
+            sess = pd.read_csv(stsv, sep="\t", dtype={"session_id": str}, na_values="n/a")
+            match = sess[sess.session_id.str.removeprefix("ses-") == row.session]
+            if "age" in sess and len(match):
+                df.loc[i, "age"] = float(match.age.iloc[0])
+    df["age"] = pd.to_numeric(df["age"], errors="coerce")
+    return df
+
+
+def validate_images(df: pd.DataFrame, on_bad_subject: str = "fail") -> pd.DataFrame:
+    """Check every image with :func:`atlas.io.check_nifti` before any job runs.
+
+    ``on_bad_subject="fail"`` raises the first :class:`InputError`; ``"skip"`` drops
+    the faulty images, logging each reason, and raises only if none is left.
+    """
+    bad = {}
+    for row in df.itertuples():
+        try:
+            check_nifti(row.path)
+        except InputError as exc:
+            if on_bad_subject == "fail":
+                raise
+            bad[row.img] = str(exc)
+            log.warning("excluding %s: %s", row.img, exc)
+    out = df[~df.img.isin(bad)].reset_index(drop=True)
+    if out.empty:
+        raise InputError("every T1w image failed validation: " + "; ".join(bad.values()))
+    out.attrs["excluded"] = bad
+    return out
+
+
+def dataset_description(name: str, bids_dir) -> dict:
+    """BIDS-Derivatives ``dataset_description.json`` content with ``GeneratedBy``."""
+    return {
+        "Name": f"atlas derivatives: {name}",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [
+            {
+                "Name": "atlas",
+                "Version": __version__,
+                "Description": "Population template (SyGN) workflow in Snakemake",
+            }
+        ],
+        "SourceDatasets": [{"URL": Path(bids_dir).resolve().as_uri()}],
+    }

@@ -1,0 +1,368 @@
+"""Use a trained conditional atlas: atlases at given ages, TemplateFlow export, montage,
+and one-pass registration of a subject to the atlas of its age.
+
+Entry points for workflow rules: :func:`sample` (atlases at ages -> NIfTI),
+:func:`export_templateflow`, :func:`montage` and :func:`register_file`; all read the
+``model.pt`` written by :func:`atlas.learn.train.train`. :class:`LearnedAtlas` is the
+in-memory interface they share.
+
+Outputs live on the training grid (the on-disk shape and voxel-to-world affine of the
+training images). Written warps are displacement fields in mm with RAS world components,
+stored as NIfTI vector images ``(X, Y, Z, 1, 3)`` (intent "vector").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .aarn import AARN
+from .data import attribute_matrix, training_spacing, write_nifti
+from .layers import SpatialTransformer
+from .train import build_model, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Registration:
+    """Result of registering one subject to the atlas of its age.
+
+    Attributes
+    ----------
+    atlas : ``(*S)`` atlas image at the subject's age (training space).
+    warped : ``(*S)`` subject image pulled into atlas space, ``subject ∘ exp(-v)``.
+    displacement : ``(*S, ndim)`` voxels, ``exp(v) - Id``: atlas -> subject pull-back
+        (``atlas ∘ (Id + u) ≈ subject``), channel ``i`` along array axis ``i``.
+    inverse_displacement : ``(*S, ndim)`` voxels, ``exp(-v) - Id`` (subject -> atlas).
+    warped_labels : int subject labels in atlas space (nearest neighbour), ``(*S)`` or
+        ``(L, *S)`` like the input labels, or None.
+    seconds : wall time of the forward pass (network + integration + warps), s.
+    """
+
+    atlas: np.ndarray
+    warped: np.ndarray
+    displacement: np.ndarray
+    inverse_displacement: np.ndarray
+    warped_labels: np.ndarray | None
+    seconds: float
+
+
+class LearnedAtlas:
+    """A trained :class:`~atlas.learn.networks.ConditionalAtlas` with its metadata.
+
+    Parameters
+    ----------
+    path : ``model.pt`` (or ``checkpoint.pt``) written by :func:`atlas.learn.train.train`.
+    device : ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+    Raises
+    ------
+    FileNotFoundError if ``path`` does not exist.
+    """
+
+    def __init__(self, path, device: str = "cpu"):
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(path)
+        self.device = resolve_device(device)
+        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        self.config, self.meta = ckpt["config"], ckpt["meta"]
+        self.model = build_model(self.config, self.meta).to(self.device)
+        self.model.load_state_dict(ckpt["model"])
+        self.model.eval()
+        self.affine = np.asarray(self.meta["affine"])
+        self.disk_shape = tuple(self.meta["disk_shape"])
+        self.shape = tuple(self.meta["shape"])
+        self.spacing = training_spacing(self.affine, self.disk_shape)
+
+    def _attributes(self, ages, sex=None) -> torch.Tensor:
+        ages = np.atleast_1d(np.asarray(ages, dtype=np.float64))
+        lo, hi = self.meta["age_range"]
+        if ages.min() < lo or ages.max() > hi:
+            log.warning("ages %s extrapolate beyond the training range [%g, %g] y", ages, lo, hi)
+        if self.meta["n_attributes"] == 2:
+            if sex is None:
+                raise ValueError("this atlas is conditioned on sex: pass sex (0 = F, 1 = M)")
+            sex = np.broadcast_to(np.asarray(sex, dtype=np.float64), ages.shape)
+        else:
+            sex = None
+        attrs = attribute_matrix(ages, sex, self.meta["age_mean"], self.meta["age_std"])
+        return torch.from_numpy(attrs).to(self.device)
+
+    @torch.no_grad()
+    def templates(self, ages, sex=None):
+        """Atlases at ``ages`` (years).
+
+        Parameters
+        ----------
+        ages : scalar or ``(N,)`` years.
+        sex : 0 (F) / 1 (M), scalar or ``(N,)``; required iff the model uses sex.
+
+        Returns
+        -------
+        (images ``(N, *S)`` float32, label maps ``(N, *S)`` int16 — argmax of the learned
+        label probabilities — or None when the model learned no labels).
+        """
+        tpl = self.model.template(self._attributes(ages, sex)).cpu().numpy()
+        labels = tpl[:, 1:].argmax(1).astype(np.int16) if tpl.shape[1] > 1 else None
+        return tpl[:, 0], labels
+
+    @torch.no_grad()
+    def register(self, image, age: float, sex=None, labels=None) -> Registration:
+        """Register a subject (fixed) to the atlas of its age (moving) in one forward pass.
+
+        Parameters
+        ----------
+        image : ``(*S)`` or on-disk-shaped subject image, affinely normalised to the
+            training grid, same intensity normalisation as the training images.
+        age : years. ``sex`` : see :meth:`templates`.
+        labels : optional ``(*S)`` int label map of the subject, or ``(L, *S)`` for ``L``
+            maps (e.g. two parcellations), carried to atlas space.
+
+        Returns
+        -------
+        :class:`Registration`.
+
+        Raises
+        ------
+        ValueError if the image does not fit the training grid.
+        """
+        image = np.asarray(image, dtype=np.float32)
+        if image.size != np.prod(self.shape):
+            raise ValueError(f"image {image.shape} does not fit the training grid {self.shape}")
+        if labels is not None and np.size(labels) % np.prod(self.shape):
+            raise ValueError(f"labels {np.shape(labels)} do not fit the training grid {self.shape}")
+        tic = time.perf_counter()
+        fixed = torch.from_numpy(image.reshape(self.shape))[None, None].to(self.device)
+        out = self.model(fixed, self._attributes(age, sex))
+        inverse = self.model.inverse_displacement(out["velocity"])
+        warped = self.model.registration.transformer(fixed, inverse)
+        warped_labels = None
+        if labels is not None:
+            lab = np.asarray(labels, dtype=np.float32).reshape(-1, *self.shape)
+            lab = torch.from_numpy(lab)[None].to(self.device)
+            warped_labels = SpatialTransformer("nearest")(lab, inverse)[0].cpu().numpy()
+            warped_labels = warped_labels.round().astype(np.int16)
+            if np.size(labels) == np.prod(self.shape):
+                warped_labels = warped_labels[0]
+        seconds = time.perf_counter() - tic
+        return Registration(
+            atlas=out["template"][0, 0].cpu().numpy(),
+            warped=warped[0, 0].cpu().numpy(),
+            displacement=out["displacement"][0].movedim(0, -1).cpu().numpy(),
+            inverse_displacement=inverse[0].movedim(0, -1).cpu().numpy(),
+            warped_labels=warped_labels,
+            seconds=seconds,
+        )
+
+    def world_displacement(self, displacement: np.ndarray) -> np.ndarray:
+        """Convert ``(*S, ndim)`` voxel displacements to ``(*S, 3)`` RAS millimetres."""
+        kept = [i for i, n in enumerate(self.disk_shape) if n != 1]
+        return displacement @ self.affine[:3, kept].T
+
+    def write(self, array, path, dtype=np.float32, affine=None):
+        """Write a ``(*S)`` training-space array as NIfTI on the training grid."""
+        return write_nifti(
+            array, self.affine if affine is None else affine, self.disk_shape, path, dtype
+        )
+
+
+def _age_tag(age: float) -> str:
+    return f"{age:g}".replace(".", "p")
+
+
+def _aarn_affine(aarn: AARN | None, age: float, affine: np.ndarray) -> np.ndarray:
+    if aarn is None:
+        return affine
+    if aarn.ndim != 3:
+        raise ValueError("resizing NIfTI atlases needs a 3D (4x4) AARN")
+    with torch.no_grad():
+        return aarn([age])[0].double().numpy() @ affine
+
+
+def sample(model_path, ages, out_dir, sex=None, aarn: AARN | None = None, device: str = "cpu"):
+    """Write the atlas at each age as ``atlas_age-<age>_T1w.nii.gz`` in ``out_dir``.
+
+    Parameters
+    ----------
+    model_path : ``model.pt`` from :func:`atlas.learn.train.train`.
+    ages : iterable of ages in years (``62.5`` is written ``age-62p5``).
+    out_dir : output folder (created).
+    sex : 0/1 for sex-conditioned models, else None.
+    aarn : optional fitted 3D :class:`~atlas.learn.aarn.AARN`; when given, each atlas's
+        header affine becomes ``M(age) @ affine``, i.e. the atlas is returned to the mean
+        head size and position at that age without resampling.
+    device : ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+    Returns
+    -------
+    list of written paths; with learned labels, ``atlas_age-<age>_dseg.nii.gz`` follows
+    each image.
+    """
+    atlas = LearnedAtlas(model_path, device)
+    ages = [float(a) for a in ages]
+    images, labels = atlas.templates(ages, None if sex is None else [sex] * len(ages))
+    paths = []
+    for i, age in enumerate(ages):
+        affine = _aarn_affine(aarn, age, atlas.affine)
+        stem = Path(out_dir) / f"atlas_age-{_age_tag(age)}"
+        paths.append(atlas.write(images[i], f"{stem}_T1w.nii.gz", affine=affine))
+        if labels is not None:
+            paths.append(atlas.write(labels[i], f"{stem}_dseg.nii.gz", np.int16, affine))
+    return paths
+
+
+def export_templateflow(
+    model_path, ages, out_root, name: str, res: int = 1, sex=None, aarn=None, device="cpu"
+) -> Path:
+    """Export atlases at ``ages`` as a TemplateFlow-style template with one cohort per age.
+
+    Writes ``<out_root>/tpl-<name>/cohort-<k>/tpl-<name>_cohort-<k>_res-<res>_T1w.nii.gz``
+    (``k = 1..len(ages)``; ``..._dseg.nii.gz`` too when labels were learned) and
+    ``tpl-<name>/template_description.json`` with, per cohort, its age and units
+    (``{"cohort": {"1": {"age": [20.0], "units": "years"}, ...}, "res": {...}}``).
+
+    Parameters
+    ----------
+    model_path, sex, aarn, device : as in :func:`sample`.
+    ages : ages in years, one cohort each.
+    out_root : folder receiving ``tpl-<name>``.
+    name : template identifier (letters/digits only, TemplateFlow rule).
+    res : resolution index recorded in filenames and ``template_description.json``.
+
+    Returns
+    -------
+    Path of ``tpl-<name>``.
+
+    Raises
+    ------
+    ValueError if ``name`` is not alphanumeric.
+    """
+    if not name.isalnum():
+        raise ValueError(f"template name must be alphanumeric, got {name!r}")
+    atlas = LearnedAtlas(model_path, device)
+    ages = [float(a) for a in ages]
+    images, labels = atlas.templates(ages, None if sex is None else [sex] * len(ages))
+    root = Path(out_root) / f"tpl-{name}"
+    cohorts = {}
+    for k, age in enumerate(ages, start=1):
+        stem = root / f"cohort-{k}" / f"tpl-{name}_cohort-{k}_res-{res}"
+        affine = _aarn_affine(aarn, age, atlas.affine)
+        atlas.write(images[k - 1], f"{stem}_T1w.nii.gz", affine=affine)
+        if labels is not None:
+            atlas.write(labels[k - 1], f"{stem}_dseg.nii.gz", np.int16, affine)
+        cohorts[str(k)] = {"age": [age], "units": "years"}
+    description = {
+        "Name": f"{name}: learned age-conditional template (Dalca et al. 2019)",
+        "Identifier": name,
+        "cohort": cohorts,
+        "res": {
+            str(res): {
+                "shape": list(atlas.disk_shape),
+                "zooms": np.sqrt((atlas.affine[:3, :3] ** 2).sum(0)).round(6).tolist(),
+                "origin": atlas.affine[:3, 3].round(6).tolist(),
+            }
+        },
+    }
+    (root / "template_description.json").write_text(json.dumps(description, indent=2) + "\n")
+    return root
+
+
+def montage(model_path_or_atlas, ages, png, sex=None) -> Path:
+    """Save a PNG row of the atlases at ``ages`` (years).
+
+    Images are reoriented to RAS with the training affine; a slice cohort shows its slice,
+    a 3D atlas its middle axial slice, with the higher world axis pointing up.
+    ``model_path_or_atlas`` is a ``model.pt`` path or a :class:`LearnedAtlas`.
+    Returns the PNG path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+
+    atlas = (
+        model_path_or_atlas
+        if isinstance(model_path_or_atlas, LearnedAtlas)
+        else LearnedAtlas(model_path_or_atlas)
+    )
+    ages = [float(a) for a in ages]
+    images, _ = atlas.templates(ages, None if sex is None else [sex] * len(ages))
+    ornt = nib.orientations.io_orientation(atlas.affine)
+    ras_shape = [atlas.disk_shape[int(i)] for i in ornt[:, 0]]
+    axis = ras_shape.index(1) if 1 in ras_shape else 2
+    slices = []
+    for img in images:
+        vol = nib.orientations.apply_orientation(img.reshape(atlas.disk_shape), ornt)
+        slices.append(np.take(vol, vol.shape[axis] // 2, axis=axis))
+    fig, axes = plt.subplots(1, len(ages), figsize=(2.2 * len(ages), 2.8), squeeze=False)
+    vmax = float(np.percentile(images, 99.5))
+    for ax, img, age in zip(axes[0], slices, ages, strict=True):
+        ax.imshow(img.T, cmap="gray", vmin=0, vmax=vmax, origin="lower")
+        ax.set_title(f"{age:g} y")
+        ax.axis("off")
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def register_file(
+    model_path, image_path, age: float, out_dir, sex=None, label_path=None, device="cpu"
+) -> dict:
+    """Register one NIfTI subject to the atlas of its age and write the results.
+
+    Parameters
+    ----------
+    model_path : ``model.pt``.
+    image_path : subject image on the training grid (affinely normalised).
+    age : years. ``sex``, ``device`` : as in :func:`sample`.
+    out_dir : output folder; files are named after the input (``<stem>_space-atlas_T1w``,
+        ``<stem>_from-atlas_to-subject_xfm`` and ``<stem>_from-subject_to-atlas_xfm``
+        displacement fields in mm (RAS components), ``<stem>_space-atlas_dseg``).
+    label_path : optional subject label map to carry into atlas space.
+
+    Returns
+    -------
+    dict of written paths plus ``seconds`` (forward-pass time).
+    """
+    import nibabel as nib
+
+    atlas = LearnedAtlas(model_path, device)
+    image = np.asarray(nib.load(image_path).dataobj, dtype=np.float32)
+    labels = None if label_path is None else np.asarray(nib.load(label_path).dataobj)
+    result = atlas.register(image, age, sex, labels)
+    stem = Path(out_dir) / Path(image_path).name.split(".nii")[0]
+    out = {
+        "warped": atlas.write(result.warped, f"{stem}_space-atlas_T1w.nii.gz"),
+        "warp": write_nifti(
+            atlas.world_displacement(result.displacement),
+            atlas.affine,
+            atlas.disk_shape,
+            f"{stem}_from-atlas_to-subject_xfm.nii.gz",
+            intent="vector",
+        ),
+        "inverse_warp": write_nifti(
+            atlas.world_displacement(result.inverse_displacement),
+            atlas.affine,
+            atlas.disk_shape,
+            f"{stem}_from-subject_to-atlas_xfm.nii.gz",
+            intent="vector",
+        ),
+        "seconds": result.seconds,
+    }
+    if result.warped_labels is not None:
+        out["labels"] = atlas.write(
+            result.warped_labels, f"{stem}_space-atlas_dseg.nii.gz", np.int16
+        )
+    return out

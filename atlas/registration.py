@@ -1,0 +1,125 @@
+"""Pairwise registration with antspyx (ANTs SyN; Avants et al. 2008) and transform helpers.
+
+Conventions (those of ANTs): ``fixed`` is the target space, ``moving`` the image that is
+warped into it. A *forward* transform list maps points of the fixed space to the moving
+space, so ``ants.apply_transforms(fixed, moving, fwd)`` resamples ``moving`` onto ``fixed``.
+Transform lists are applied to a point from the last entry to the first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import ants
+
+from .io import atomic_path
+
+
+def set_determinism(seed: int, threads: int) -> None:
+    """Fix what makes ANTs runs differ: the random sampling seed and the ITK thread count.
+
+    ANTs results depend on the number of threads (parallel reductions), so a run is
+    reproducible for a given ``threads``; the seed fixes the metric sampling.
+    """
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(threads))
+    os.environ["ANTS_RANDOM_SEED"] = str(int(seed))
+    ants.config._random_seed = int(seed)
+
+
+def registration_kwargs(params: dict) -> dict:
+    """Map one config stage (see ``config/config.yaml``, ``template.stages``) to
+    ``ants.registration`` keyword arguments."""
+    kw = {
+        "aff_metric": params.get("affine_metric", "mattes"),
+        "aff_sampling": params.get("affine_metric_param", 32),
+        "aff_iterations": tuple(params.get("affine_iterations", (2100, 1200, 1200, 10))),
+        "aff_shrink_factors": tuple(params.get("affine_shrink_factors", (6, 4, 2, 1))),
+        "aff_smoothing_sigmas": tuple(params.get("affine_smoothing_sigmas", (3, 2, 1, 0))),
+    }
+    if params["transform"] == "SyN":
+        kw.update(
+            syn_metric=params.get("metric", "CC"),
+            syn_sampling=params.get("metric_param", 2),
+            reg_iterations=tuple(params.get("iterations", (40, 20, 0))),
+            grad_step=params.get("syn_gradient_step", 0.2),
+            flow_sigma=params.get("flow_sigma", 3),
+            total_sigma=params.get("total_sigma", 0),
+        )
+    return kw
+
+
+def register(
+    fixed: ants.ANTsImage,
+    moving: ants.ANTsImage,
+    params: dict,
+    affine_out,
+    warp_out=None,
+    inverse_warp_out=None,
+    initial_transform=None,
+) -> ants.ANTsImage:
+    """Register ``moving`` to ``fixed`` (affine, or affine + SyN) and write the transforms.
+
+    Parameters
+    ----------
+    fixed, moving : 3D images (any grids; world coordinates in mm).
+    params : a stage of the template config; ``params["transform"]`` is ``"Rigid"``,
+        ``"Affine"`` or ``"SyN"`` (affine then SyN, as ``antsRegistration`` in ANTs' template script).
+    affine_out : path of the forward affine (``.mat``; any initial transform collapsed in).
+    warp_out, inverse_warp_out : paths of the forward / inverse displacement fields
+        (``.nii.gz``, mm in LPS physical components), required for SyN.
+    initial_transform : path of an affine to start from; None starts from the
+        centre-of-mass alignment.
+
+    Returns
+    -------
+    ``moving`` resampled onto ``fixed`` (linear interpolation).
+
+    Raises
+    ------
+    ValueError for an unknown transform or a SyN stage without warp paths.
+    """
+    transform = params["transform"]
+    if transform not in ("Rigid", "Affine", "SyN"):
+        raise ValueError(f"unknown transform {transform!r} (Rigid, Affine or SyN)")
+    if transform == "SyN" and (warp_out is None or inverse_warp_out is None):
+        raise ValueError("a SyN stage needs warp_out and inverse_warp_out")
+    tmpdir = tempfile.mkdtemp(prefix="atlas-reg-")
+    try:
+        out = ants.registration(
+            fixed,
+            moving,
+            type_of_transform=transform,
+            initial_transform=[str(initial_transform)] if initial_transform else None,
+            outprefix=str(Path(tmpdir) / "x"),
+            **registration_kwargs(params),
+        )
+        fwd = out["fwdtransforms"]
+        targets = [(fwd[-1], affine_out)]
+        if transform == "SyN":
+            targets += [(fwd[0], warp_out), (out["invtransforms"][-1], inverse_warp_out)]
+        for src, dst in targets:
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+        return out["warpedmovout"]
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def forward_transforms(affine, warp=None) -> list[str]:
+    """Transform list mapping template points to subject points: ``[warp, affine]``."""
+    return ([str(warp)] if warp else []) + [str(affine)]
+
+
+def inverse_transforms(affine, inverse_warp=None) -> tuple[list[str], list[bool]]:
+    """Transform list and ``whichtoinvert`` flags mapping subject points to template points."""
+    tx = [str(affine)] + ([str(inverse_warp)] if inverse_warp else [])
+    return tx, [True] + [False] * (len(tx) - 1)
+
+
+def jacobian_determinant_image(domain: ants.ANTsImage, warp) -> ants.ANTsImage:
+    """Jacobian determinant of a displacement field file on ``domain``'s grid (ANTs
+    ``CreateJacobianDeterminantImage``); 1 = volume kept, <= 0 = folding."""
+    return ants.create_jacobian_determinant_image(domain, str(warp), do_log=False)

@@ -1,0 +1,93 @@
+# Per-image preprocessing and affine normalisation (one job per image).
+
+
+rule dataset_description:
+    output:
+        out_json=f"{OUT}/dataset_description.json",
+        out_config=f"{OUT}/atlas_config.json",
+    params:
+        step="dataset_files",
+        name=TPL,
+        bids_dir=BIDS_DIR,
+        config=config,
+    log:
+        f"{OUT}/logs/dataset_description.log",
+    conda:
+        ENV
+    script:
+        RUN
+
+
+rule reference:
+    output:
+        out_image=f"{WORK}/reference/res-{RES}_T1w.nii.gz",
+        out_mask=f"{WORK}/reference/res-{RES}_desc-brain_mask.nii.gz",
+    params:
+        step="reference",
+        reference=config["reference"],
+        reference_mask=config["reference_mask"],
+        resolution=config["resolution"],
+        margin_mm=config["fov_margin_mm"],
+    log:
+        f"{OUT}/logs/reference.log",
+    resources:
+        **job_resources(),
+    conda:
+        ENV
+    script:
+        RUN
+
+
+rule preprocess:
+    input:
+        t1w=lambda w: SOURCE[w.img],
+        reference_image=rules.reference.output.out_image,
+    output:
+        out_image=subject_path("desc-preproc_T1w.nii.gz"),
+        out_mask=subject_path("desc-brain_mask.nii.gz"),
+        out_json=subject_path("desc-preproc_T1w.json"),
+    params:
+        step="preprocess",
+        resolution=config["resolution"],
+        skull_strip=config["skull_strip"],
+        head=config["skull_strip_template"]["head"],
+        head_mask=config["skull_strip_template"]["mask"],
+        intensity=config["intensity_normalisation"],
+        max_brain_ml=config["brain_only_max_volume_ml"],
+        margin_mm=config["fov_margin_mm"],
+        seed=config["seed"],
+    log:
+        f"{OUT}/logs/{{subdir}}/{{img}}_preprocess.log",
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources(),
+    group:
+        "subject"
+    conda:
+        ENV
+    script:
+        RUN
+
+
+rule normalise:
+    input:
+        image=rules.preprocess.output.out_image,
+        reference_image=rules.reference.output.out_image,
+    output:
+        out_affine=subject_path(f"from-T1w_to-{REF}_mode-image_xfm.mat"),
+        out_warped=subject_path(f"space-{REF}_desc-preproc_T1w.nii.gz"),
+    params:
+        step="normalise",
+        rigid_only=config["reference"] == "cohort",
+        affine_params=config["template"]["affine"],
+    log:
+        f"{OUT}/logs/{{subdir}}/{{img}}_normalise.log",
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources(),
+    group:
+        "subject"
+    conda:
+        ENV
+    script:
+        RUN

@@ -1,0 +1,206 @@
+# Groupwise template by iterative mean-then-register (SyGN). Iteration k registers
+# every image to template iter-k (one job each) and a join job writes iter-(k+1).
+
+
+def stage(k):
+    return "affine" if int(k) < N_AFFINE else "syn"
+
+
+def stage_params(k):
+    tcfg = config["template"]
+    if stage(k) == "affine":
+        return dict(tcfg["affine"], transform="Affine")
+    return dict(tcfg["affine"], **tcfg["syn"], transform="SyN")
+
+
+def registration_inputs(w):
+    return {
+        "template": iter_path(w.k, "template_T1w.nii.gz"),
+        "image": subject_file(w.img, "desc-preproc_T1w.nii.gz"),
+        "initial_affine": subject_file(w.img, f"from-T1w_to-{REF}_mode-image_xfm.mat"),
+    }
+
+
+AFFINE_K = "|".join(str(k) for k in range(N_AFFINE)) or "none"
+SYN_K = "|".join(str(k) for k in range(N_AFFINE, N_ITER))
+
+
+rule template_init:
+    input:
+        images=subject_files("space-{ref}_desc-preproc_T1w.nii.gz"),
+    output:
+        out_template=iter_path(0, "template_T1w.nii.gz"),
+    params:
+        step="template_init",
+        average=config["template"]["average"],
+    log:
+        f"{OUT}/logs/template_iter-0.log",
+    resources:
+        **job_resources(),
+    conda:
+        ENV
+    script:
+        RUN
+
+
+rule template_register_affine:
+    input:
+        unpack(registration_inputs),
+    output:
+        out_affine=iter_path("{k}", "{img}_affine.mat"),
+        out_warped=iter_path("{k}", "{img}_warped.nii.gz"),
+    wildcard_constraints:
+        k=AFFINE_K,
+    params:
+        step="template_register",
+        params=lambda w: stage_params(w.k),
+    log:
+        f"{OUT}/logs/template_iter-{{k}}_{{img}}.log",
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources(),
+    conda:
+        ENV
+    script:
+        RUN
+
+
+use rule template_register_affine as template_register_syn with:
+    output:
+        out_affine=iter_path("{k}", "{img}_affine.mat"),
+        out_warped=iter_path("{k}", "{img}_warped.nii.gz"),
+        out_warp=iter_path("{k}", "{img}_warp.nii.gz"),
+        out_inverse_warp=iter_path("{k}", "{img}_inverse-warp.nii.gz"),
+    wildcard_constraints:
+        k=SYN_K,
+
+
+def update_inputs(w):
+    k = int(w.k) - 1
+    imgs = list(IMAGES.img)
+    return {
+        "template": iter_path(k, "template_T1w.nii.gz"),
+        "mask": rules.reference.output.out_mask,
+        "warped": [iter_path(k, f"{i}_warped.nii.gz") for i in imgs],
+        "affines": [iter_path(k, f"{i}_affine.mat") for i in imgs],
+        "warps": [iter_path(k, f"{i}_warp.nii.gz") for i in imgs] if stage(k) == "syn" else [],
+    }
+
+
+rule template_update:
+    input:
+        unpack(update_inputs),
+    output:
+        out_template=iter_path("{k}", "template_T1w.nii.gz"),
+        out_row=iter_path("{k}", "convergence.tsv"),
+    wildcard_constraints:
+        k=r"[1-9]\d*",
+    params:
+        step="template_update",
+        iteration=lambda w: int(w.k) - 1,
+        stage=lambda w: stage(int(w.k) - 1),
+        average=config["template"]["average"],
+        gradient_step=config["template"]["gradient_step"],
+        do_sharpen=config["template"]["sharpen"],
+    log:
+        f"{OUT}/logs/template_iter-{{k}}.log",
+    resources:
+        **job_resources(),
+    conda:
+        ENV
+    script:
+        RUN
+
+
+LAST = N_ITER - 1
+
+
+rule subject_final:
+    input:
+        template=iter_path(N_ITER, "template_T1w.nii.gz"),
+        mask=rules.reference.output.out_mask,
+        affine=iter_path(LAST, "{img}_affine.mat"),
+        warp=iter_path(LAST, "{img}_warp.nii.gz"),
+        inverse_warp=iter_path(LAST, "{img}_inverse-warp.nii.gz"),
+        warped=iter_path(LAST, "{img}_warped.nii.gz"),
+        image=rules.preprocess.output.out_image,
+    output:
+        out_affine=subject_path(f"from-T1w_to-{TPL}_mode-image_desc-affine_xfm.mat"),
+        out_warp=subject_path(f"from-T1w_to-{TPL}_mode-image_desc-warp_xfm.nii.gz"),
+        out_inverse_warp=subject_path(f"from-{TPL}_to-T1w_mode-image_desc-warp_xfm.nii.gz"),
+        out_warped=subject_path(f"space-{TPL}_desc-preproc_T1w.nii.gz"),
+        out_row=f"{WORK}/template/final/{{subdir}}/{{img}}_metrics.tsv",
+    params:
+        step="subject_final",
+        img=lambda w: w.img,
+    log:
+        f"{OUT}/logs/{{subdir}}/{{img}}_template_final.log",
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources(),
+    conda:
+        ENV
+    script:
+        RUN
+
+
+TPL_DIR = f"{OUT}/tpl-{TPL}"
+FIG = f"{OUT}/figures"
+TEMPLATE_OUTPUTS = {
+    "template": f"{TPL_DIR}/tpl-{TPL}_res-{RES}_T1w.nii.gz",
+    "mask": f"{TPL_DIR}/tpl-{TPL}_res-{RES}_desc-brain_mask.nii.gz",
+    "description": f"{TPL_DIR}/template_description.json",
+    "convergence": f"{OUT}/group/desc-convergence_table.tsv",
+    "subjects": f"{OUT}/group/desc-registration_table.tsv",
+    "variance": f"{TPL_DIR}/tpl-{TPL}_res-{RES}_desc-variance_T1w.nii.gz",
+    "fig_mosaic": f"{FIG}/tpl-{TPL}_desc-iterations_mosaic.png",
+    "fig_convergence": f"{FIG}/tpl-{TPL}_desc-convergence_plot.png",
+    "fig_subjects": f"{FIG}/tpl-{TPL}_desc-subjects_mosaic.png",
+}
+REPORT = "../report"
+
+
+rule template_final:
+    input:
+        templates=[iter_path(k, "template_T1w.nii.gz") for k in range(N_ITER + 1)],
+        mask=rules.reference.output.out_mask,
+        subject_rows=[
+            f"{WORK}/template/final/{SUBDIR[i]}/{i}_metrics.tsv" for i in IMAGES.img
+        ],
+        convergence_rows=[iter_path(k, "convergence.tsv") for k in range(1, N_ITER + 1)],
+        warped=subject_files("space-{tpl}_desc-preproc_T1w.nii.gz"),
+    output:
+        template=TEMPLATE_OUTPUTS["template"],
+        mask=TEMPLATE_OUTPUTS["mask"],
+        description=TEMPLATE_OUTPUTS["description"],
+        convergence=TEMPLATE_OUTPUTS["convergence"],
+        subjects=TEMPLATE_OUTPUTS["subjects"],
+        variance=TEMPLATE_OUTPUTS["variance"],
+        fig_mosaic=report(
+            TEMPLATE_OUTPUTS["fig_mosaic"],
+            caption=f"{REPORT}/mosaic.rst",
+            category="Template",
+        ),
+        fig_convergence=report(
+            TEMPLATE_OUTPUTS["fig_convergence"],
+            caption=f"{REPORT}/convergence.rst",
+            category="Template",
+        ),
+        fig_subjects=report(
+            TEMPLATE_OUTPUTS["fig_subjects"],
+            caption=f"{REPORT}/subjects.rst",
+            category="Template",
+        ),
+    params:
+        step="template_final",
+        participants=IMAGES,
+        config=config,
+        res_label=RES,
+    log:
+        f"{OUT}/logs/template_final.log",
+    resources:
+        **job_resources(),
+    conda:
+        ENV
+    script:
+        RUN
