@@ -19,6 +19,7 @@ validate(config, "config/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/template.smk"
+include: "workflow/rules/segment.smk"
 
 
 rule all:
@@ -27,3 +28,4 @@ rule all:
         f"{OUT}/dataset_description.json",
         TEMPLATE_OUTPUTS.values(),
         subject_files("space-{tpl}_desc-preproc_T1w.nii.gz"),
+        SEGMENT_TARGETS,

@@ -66,7 +66,9 @@ def register(
     ----------
     fixed, moving : 3D images (any grids; world coordinates in mm).
     params : a stage of the template config; ``params["transform"]`` is ``"Rigid"``,
-        ``"Affine"`` or ``"SyN"`` (affine then SyN, as ``antsRegistration`` in ANTs' template script).
+        ``"Affine"`` or ``"SyN"``. SyN runs as two ANTs calls: an affine registration
+        with the configured affine schedule, then SyN (``SyNOnly``) initialised by it
+        (antspyx's ``"SyN"`` preset would re-run a fixed 2100x1200x1200 affine schedule).
     affine_out : path of the forward affine (``.mat``; any initial transform collapsed in).
     warp_out, inverse_warp_out : paths of the forward / inverse displacement fields
         (``.nii.gz``, mm in LPS physical components), required for SyN.
@@ -86,16 +88,27 @@ def register(
         raise ValueError(f"unknown transform {transform!r} (Rigid, Affine or SyN)")
     if transform == "SyN" and (warp_out is None or inverse_warp_out is None):
         raise ValueError("a SyN stage needs warp_out and inverse_warp_out")
+    kw = registration_kwargs(params)
     tmpdir = tempfile.mkdtemp(prefix="atlas-reg-")
     try:
         out = ants.registration(
             fixed,
             moving,
-            type_of_transform=transform,
+            type_of_transform="Affine" if transform == "SyN" else transform,
             initial_transform=[str(initial_transform)] if initial_transform else None,
-            outprefix=str(Path(tmpdir) / "x"),
-            **registration_kwargs(params),
+            outprefix=str(Path(tmpdir) / "a"),
+            **kw,
         )
+        if transform == "SyN":
+            # SyNOnly from the affine: ANTs collapses the initial affine into its output
+            out = ants.registration(
+                fixed,
+                moving,
+                type_of_transform="SyNOnly",
+                initial_transform=[out["fwdtransforms"][-1]],
+                outprefix=str(Path(tmpdir) / "s"),
+                **kw,
+            )
         fwd = out["fwdtransforms"]
         targets = [(fwd[-1], affine_out)]
         if transform == "SyN":

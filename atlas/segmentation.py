@@ -923,3 +923,551 @@ def plot_evaluation(
     ax.set(xlabel=by, ylabel=metric)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Workflow: atlas discovery (parse time) and Snakemake job functions
+# --------------------------------------------------------------------------------------------
+#
+# The functions below are the jobs of ``workflow/rules/segment.smk`` (called through
+# ``workflow/scripts/run.py``): each reads its files, calls the API above and writes its
+# outputs atomically with :mod:`atlas.io`. Atlases are raw labelled scans, so each atlas T1w
+# is first preprocessed exactly like the workflow's own images
+# (:func:`atlas.preprocess.preprocess_t1w` with the same settings): atlas and target then share
+# intensity scale, brain masking and voxel size, which the QC NCC, weighted voting and JLF rely
+# on. The atlas label map keeps its native grid, so labels are interpolated only once, when
+# they are propagated onto a target.
+
+
+def find_atlases(atlases, label_table=None, evaluation=None) -> tuple[pd.DataFrame, Path]:
+    """Resolve the ``segmentation.atlases`` config into a table of labelled scans.
+
+    Parameters
+    ----------
+    atlases : either a list of ``{t1w, dseg[, id]}`` mappings, or a mapping describing a BIDS
+        dataset: ``bids_dir``, ``labels`` (derivatives folder relative to ``bids_dir`` holding
+        ``<img>_desc-<desc>_dseg.nii.gz`` next to the same sub-/ses- folders), ``desc``, and
+        optionally ``participant_label``, ``exclude_participant_label`` and ``session``
+        (as for the workflow's own inputs, but ``session`` defaults to ``all``).
+    label_table : label table TSV; default (BIDS form only)
+        ``<bids_dir>/<labels>/desc-<desc>_dseg.tsv``.
+    evaluation : the ``segmentation.evaluation`` config; with ``mode: split`` the
+        participants.tsv column ``split_column`` marks rows as ``train`` (atlases) or ``test``
+        (held out for evaluation); other rows are dropped.
+
+    Returns
+    -------
+    (table, label_table_path). The table has one row per labelled scan with columns ``id``
+    (``sub-X[_ses-Y]`` or the given id), ``subject``, ``dataset`` (resolved BIDS root or
+    None), ``t1w``, ``dseg``, ``age`` and ``role`` (``atlas`` or ``test``).
+
+    Raises
+    ------
+    :class:`atlas.io.InputError` naming the config key or file at fault: missing files,
+    unreadable headers, duplicate ids, a bad label table, or an empty split.
+    """
+    from .bids import find_t1w
+    from .io import InputError, check_nifti
+
+    evaluation = evaluation or {}
+    if isinstance(atlases, Mapping):
+        root = Path(atlases["bids_dir"])
+        labels = root / atlases.get("labels", "derivatives/labels")
+        desc = atlases.get("desc")
+        images = find_t1w(
+            root,
+            atlases.get("participant_label", []),
+            atlases.get("exclude_participant_label", []),
+            atlases.get("session", "all"),
+        )
+        suffix = f"desc-{desc}_dseg" if desc else "dseg"
+        rows = pd.DataFrame(
+            {
+                "id": images["img"],
+                "subject": images["subject"],
+                "dataset": str(root.resolve()),
+                "t1w": images["path"],
+                "dseg": [
+                    str(labels / d / "anat" / f"{i}_{suffix}.nii.gz")
+                    for d, i in zip(images["subdir"], images["img"], strict=True)
+                ],
+                "age": images["age"],
+                "role": "atlas",
+            }
+        )
+        if label_table is None:
+            label_table = labels / f"{suffix}.tsv"
+        if evaluation.get("mode") == "split":
+            column = evaluation.get("split_column", "split")
+            ptsv = root / "participants.tsv"
+            parts = pd.read_csv(ptsv, sep="\t", dtype=str) if ptsv.is_file() else pd.DataFrame()
+            if column not in parts:
+                raise InputError(
+                    f"config key segmentation.evaluation.split_column: {ptsv} has no column "
+                    f"{column!r}"
+                )
+            ids = parts["participant_id"].str.removeprefix("sub-")
+            split = dict(zip(ids, parts[column], strict=True))
+            role = rows["subject"].map(split)
+            train, test = evaluation.get("train", "train"), evaluation.get("test", "test")
+            rows["role"] = role.map({train: "atlas", test: "test"})
+            rows = rows.dropna(subset=["role"]).reset_index(drop=True)
+            for r in ("atlas", "test"):
+                if not (rows["role"] == r).any():
+                    raise InputError(
+                        f"config key segmentation.evaluation: no {r} scan with a label map "
+                        f"({column} = {train if r == 'atlas' else test!r})"
+                    )
+    else:
+        entries = list(atlases)
+        rows = pd.DataFrame(
+            {
+                "id": [
+                    str(e.get("id") or Path(e["t1w"]).name.split(".")[0].removesuffix("_T1w"))
+                    for e in entries
+                ],
+                "subject": None,
+                "dataset": None,
+                "t1w": [str(e["t1w"]) for e in entries],
+                "dseg": [str(e["dseg"]) for e in entries],
+                "age": float("nan"),
+                "role": "atlas",
+            }
+        )
+        if evaluation.get("mode") == "split":
+            raise InputError(
+                "config key segmentation.evaluation.mode: split needs atlases given as a BIDS "
+                "dataset (its participants.tsv holds the split)"
+            )
+    if label_table is None:
+        raise InputError("config key segmentation.label_table: needed for a list of atlases")
+    dup = rows.loc[rows["id"].duplicated(), "id"].tolist()
+    if dup:
+        raise InputError(f"config key segmentation.atlases: duplicate atlas ids {dup}")
+    bad = [i for i in rows["id"] if not all(c.isalnum() or c in "_-" for c in i)]
+    if bad:
+        raise InputError(f"config key segmentation.atlases: ids must be [A-Za-z0-9_-]: {bad}")
+    for path in [*rows["t1w"], *rows["dseg"]]:
+        check_nifti(path, read_data=False)
+    try:
+        read_label_table(label_table)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"config key segmentation.label_table: {exc}") from exc
+    return rows, Path(label_table)
+
+
+def same_scan_or_subject(atlas: Mapping, dataset, subject, t1w) -> bool:
+    """Whether an atlas row (from :func:`find_atlases`) must not label a target: it is the same
+    file, or the same subject of the same BIDS dataset (a rescan would inflate the result)."""
+    if Path(atlas["t1w"]).resolve() == Path(t1w).resolve():
+        return True
+    return (
+        atlas["dataset"] is not None
+        and dataset is not None
+        and str(Path(dataset).resolve()) == atlas["dataset"]
+        and atlas["subject"] == subject
+    )
+
+
+def apply_tissue_classes(table: pd.DataFrame, tissue_classes: Mapping | None) -> pd.DataFrame:
+    """Override the label table's ``class`` column: ``{"GM": [ids], "WM": [...], "CSF": [...]}``;
+    ids not listed lose their class. None keeps the table's own classes."""
+    if not tissue_classes:
+        return table
+    table = table.copy()
+    table["class"] = None
+    for tissue, ids in tissue_classes.items():
+        if tissue not in TISSUE_CLASSES:
+            raise ValueError(f"unknown tissue class {tissue!r}; use {TISSUE_CLASSES}")
+        table.loc[table["index"].isin([int(i) for i in ids]), "class"] = tissue
+    return table
+
+
+def _as_labels(image: ants.ANTsImage) -> np.ndarray:
+    return image.numpy().round().astype(np.int64)
+
+
+def _chains(atlas_affines, atlas_warps, target_affine=None, target_inverse_warp=None):
+    """Atlas->target chains: each atlas's forward ``[warp, affine]`` (atlas onto the target in
+    the direct route, onto the template in the template route), followed in the template route
+    by the target's template->subject map ``[affine^-1, inverse warp]``."""
+    chains = [
+        TransformChain((str(w), str(a)), (False, False))
+        for a, w in zip(atlas_affines, atlas_warps, strict=True)
+    ]
+    if target_affine is not None:
+        to_target = TransformChain((str(target_affine), str(target_inverse_warp)), (True, False))
+        chains = [c.then(to_target) for c in chains]
+    return chains
+
+
+def _atlases(ids, images, dsegs) -> list[Atlas]:
+    return [
+        Atlas(str(i), ants.image_read(str(im)), ants.image_read(str(d)))
+        for i, im, d in zip(ids, images, dsegs, strict=True)
+    ]
+
+
+def _segment(image, mask, atlases, chains, method, min_ncc, min_atlases, probseg, name):
+    """:func:`segment_target` with the QC table logged and ``min_atlases`` raised to 2 for JLF."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    need = max(int(min_atlases), 2 if method == "jlf" else 1)
+    try:
+        result = segment_target(
+            image,
+            atlases,
+            method=method,
+            mask=mask,
+            transforms=chains,
+            min_ncc=min_ncc,
+            min_atlases=need,
+            probseg=probseg,
+        )
+    except RegistrationQCError as exc:
+        log.error("%s: registration QC failed\n%s", name, exc.qc.to_string(index=False))
+        raise
+    log.info("%s: registration QC\n%s", name, result.qc.to_string(index=False))
+    return result
+
+
+def _write_probseg(reference: ants.ANTsImage, tissue: np.ndarray, paths: Sequence) -> None:
+    """Write the (CSF, GM, WM) channels of ``tissue`` to ``paths`` matched by ``label-<class>``."""
+    from . import io
+
+    for path in paths:
+        channel = next(i for i, t in enumerate(TISSUE_CLASSES) if f"label-{t}_" in Path(path).name)
+        io.write_image(reference.new_image_like(tissue[channel].astype(np.float32)), path)
+
+
+def prepare_atlas(t1w, dseg, table, reference_image, out_image, out_mask, out_dseg, preprocess):
+    """Validate one labelled atlas and preprocess its T1w like the workflow's images.
+
+    ``preprocess`` holds the keywords of :func:`atlas.preprocess.preprocess_t1w` (as the
+    workflow's ``preprocess`` rule passes them; template paths as strings). The label map is
+    checked against the T1w and the label table (:func:`validate_atlas`) and written as
+    integers on its native grid.
+    """
+    from . import io
+    from .preprocess import preprocess_t1w
+
+    labels = read_label_table(table)
+    t1w_img, dseg_img = ants.image_read(str(t1w)), ants.image_read(str(dseg))
+    validate_atlas(t1w_img, dseg_img, labels)
+    kw = dict(preprocess)
+    for key in ("head_template", "head_mask"):
+        kw[key] = ants.image_read(str(kw[key])) if kw.get(key) else None
+    image, mask, _ = preprocess_t1w(t1w_img, reference=ants.image_read(str(reference_image)), **kw)
+    io.write_image(image, out_image)
+    io.write_image(mask, out_mask)
+    io.write_image(dseg_img.new_image_like(_as_labels(dseg_img).astype(np.float32)), out_dseg)
+
+
+def register_atlas_job(
+    fixed, moving, out_affine, out_warp, registration, out_inverse_warp=None, out_warped=None
+):
+    """Register a preprocessed atlas T1w (``moving``) to a target or the template (``fixed``)
+    with :func:`register_atlas`; ``registration`` = ``{transform, iterations}`` (a SyN-family
+    ANTs preset and its per-level SyN iterations). Writes the forward affine and warp, and
+    optionally the inverse warp and the warped atlas T1w."""
+    from . import io
+
+    tmp = tempfile.mkdtemp(prefix="atlas-seg-")
+    try:
+        result = register_atlas(
+            ants.image_read(str(fixed)),
+            ants.image_read(str(moving)),
+            type_of_transform=registration["transform"],
+            reg_iterations=registration["iterations"],
+            outprefix=str(Path(tmp) / "x"),
+        )
+        warp, affine = result.forward.paths
+        io.copy_file(affine, out_affine)
+        io.copy_file(warp, out_warp)
+        if out_inverse_warp:
+            io.copy_file(result.inverse.paths[-1], out_inverse_warp)
+        if out_warped:
+            io.write_image(result.warped, out_warped)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fuse_target(
+    image,
+    mask,
+    table,
+    atlas_images,
+    atlas_dsegs,
+    atlas_affines,
+    atlas_warps,
+    out_dseg,
+    out_qc,
+    name,
+    atlas_ids,
+    method,
+    min_ncc,
+    min_atlases,
+    target_affine=None,
+    target_inverse_warp=None,
+    out_probseg=(),
+    tissue_classes=None,
+):
+    """Label one preprocessed image by multi-atlas segmentation (:func:`segment_target`).
+
+    Atlas transforms are the direct atlas->image registrations, or (template route, with
+    ``target_affine`` and ``target_inverse_warp``) atlas->template composed with the image's
+    template->subject map. Writes the fused dseg on the image's grid, the per-atlas QC rows
+    (``name``, ``atlas``, ``ncc``, ``passed``) and, when ``out_probseg`` lists
+    ``label-{CSF,GM,WM}`` paths, tissue fractions (:func:`tissue_probseg`).
+
+    Raises :class:`RegistrationQCError` (QC table in the log) when too few atlases pass.
+    """
+    from . import io
+
+    labels = apply_tissue_classes(read_label_table(table), tissue_classes)
+    target = ants.image_read(str(image))
+    result = _segment(
+        target,
+        ants.image_read(str(mask)),
+        _atlases(atlas_ids, atlas_images, atlas_dsegs),
+        _chains(atlas_affines, atlas_warps, target_affine, target_inverse_warp),
+        method,
+        min_ncc,
+        min_atlases,
+        bool(out_probseg),
+        name,
+    )
+    if out_probseg:
+        tissue = tissue_probseg(_as_labels(result.dseg), labels, probseg=result.probseg)
+        _write_probseg(target, tissue, out_probseg)
+    io.write_image(result.dseg, out_dseg)
+    io.write_tsv(result.qc.assign(name=name)[["name", "atlas", "ncc", "passed"]], out_qc)
+
+
+def label_template(
+    template,
+    mask,
+    table,
+    atlas_images,
+    atlas_dsegs,
+    atlas_affines,
+    atlas_warps,
+    out_dseg,
+    out_table,
+    out_probseg,
+    out_qc,
+    atlas_ids,
+    method,
+    min_ncc,
+    min_atlases,
+    tissue_classes=None,
+):
+    """Labelled template: fuse the atlases registered to the template on the template grid;
+    write the dseg, its label table (``index``, ``name``, ``class``) and GM/WM/CSF probseg
+    (soft: sums of per-label fractions; STAPLE gives indicator maps)."""
+    from . import io
+
+    labels = apply_tissue_classes(read_label_table(table), tissue_classes)
+    tpl = ants.image_read(str(template))
+    result = _segment(
+        tpl,
+        ants.image_read(str(mask)),
+        _atlases(atlas_ids, atlas_images, atlas_dsegs),
+        _chains(atlas_affines, atlas_warps),
+        method,
+        min_ncc,
+        min_atlases,
+        True,
+        "template",
+    )
+    tissue = tissue_probseg(_as_labels(result.dseg), labels, probseg=result.probseg)
+    _write_probseg(tpl, tissue, out_probseg)
+    io.write_image(result.dseg, out_dseg)
+    io.write_tsv(labels.assign(**{"class": labels["class"].fillna("n/a")}), out_table)
+    io.write_tsv(result.qc.assign(name="template")[["name", "atlas", "ncc", "passed"]], out_qc)
+
+
+def atropos_to_template(image, mask, template, affine, warp, out_probseg, mrf=0.1):
+    """Atropos GM/WM/CSF posteriors of one preprocessed image (:func:`atropos_tissue`),
+    resampled onto the template grid with the image's forward transforms (linear); used for
+    the template tissue maps when no atlases are configured."""
+    subject = ants.image_read(str(image))
+    _, probs = atropos_tissue(subject, ants.image_read(str(mask)), mrf=mrf)
+    tpl = ants.image_read(str(template))
+    warped = np.stack(
+        [
+            ants.apply_transforms(
+                tpl, subject.new_image_like(p), [str(warp), str(affine)], interpolator="linear"
+            ).numpy()
+            for p in probs
+        ]
+    )
+    _write_probseg(tpl, warped, out_probseg)
+
+
+def atropos_template(template, mask, probseg, out_dseg, out_table, out_probseg):
+    """Template tissue maps without atlases: the mean over images of their Atropos posteriors
+    in template space; dseg = argmax class inside the template mask (1=CSF, 2=GM, 3=WM)."""
+    from . import io
+
+    tpl = ants.image_read(str(template))
+    inside = ants.image_read(str(mask)).numpy() > 0
+    stack = np.zeros((len(TISSUE_CLASSES), *tpl.shape), dtype=np.float64)
+    for path in probseg:
+        channel = next(i for i, t in enumerate(TISSUE_CLASSES) if f"label-{t}_" in Path(path).name)
+        stack[channel] += ants.image_read(str(path)).numpy()
+    stack /= max(len(probseg) // len(TISSUE_CLASSES), 1)
+    stack *= inside
+    dseg = np.where(inside & (stack.sum(0) > 0), stack.argmax(0) + 1, 0)
+    _write_probseg(tpl, stack, out_probseg)
+    io.write_image(tpl.new_image_like(dseg.astype(np.float32)), out_dseg)
+    io.write_tsv(
+        pd.DataFrame(
+            {"index": [1, 2, 3], "name": list(TISSUE_CLASSES), "class": list(TISSUE_CLASSES)}
+        ),
+        out_table,
+    )
+
+
+def subject_volumes(dseg, table, out_tsv, img, tissue_classes=None):
+    """Per-structure volumes (mm^3) of one labelled image, plus ``total_brain`` (every
+    non-zero voxel) and ``total_<class>`` rows per tissue class (label ``n/a``)."""
+    from . import io
+
+    labels = apply_tissue_classes(read_label_table(table), tissue_classes)
+    image = ants.image_read(str(dseg))
+    arr = _as_labels(image)
+    vols = structure_volumes(arr, image.spacing, labels, img)
+    voxel = float(np.prod(image.spacing))
+    totals = [{"name": "total_brain", "volume_mm3": brain_volume(arr, image.spacing)}] + [
+        {
+            "name": f"total_{t}",
+            "volume_mm3": np.isin(arr, labels.loc[labels["class"] == t, "index"]).sum() * voxel,
+        }
+        for t in TISSUE_CLASSES
+    ]
+    vols = pd.concat([vols, pd.DataFrame(totals).assign(subject=img)], ignore_index=True)
+    io.write_tsv(vols.rename(columns={"subject": "img"}), out_tsv)
+
+
+def group_volumes(volumes, qc, participants, out_tidy, out_wide, out_qc, out_figure, structures=()):
+    """Group tables of the segmentation: tidy volumes (one row per image and structure, with
+    ``participant_id``, ``session``, ``age``, ``sex``), wide volumes (one row per image), the
+    registration-QC rows of every image, and the figure of volumes against age (the
+    ``total_*`` rows and ``structures``)."""
+    from . import io
+
+    demo = participants[["img", "subject", "session", "age", "sex"]].rename(
+        columns={"subject": "participant_id"}
+    )
+    demo["participant_id"] = "sub-" + demo["participant_id"].astype(str)
+    tidy = pd.concat([pd.read_csv(p, sep="\t") for p in volumes], ignore_index=True)
+    tidy = demo.merge(tidy, on="img")
+    wide = volumes_wide(tidy.rename(columns={"img": "subject"})).reset_index()
+    wide = demo.merge(wide.rename(columns={"subject": "img"}), on="img")
+    io.write_tsv(tidy, out_tidy)
+    io.write_tsv(wide, out_wide)
+    io.write_tsv(pd.concat([pd.read_csv(p, sep="\t") for p in qc], ignore_index=True), out_qc)
+    names = [f"total_{t}" for t in ("brain", *TISSUE_CLASSES)] + list(structures)
+    unknown = sorted(set(names) - set(tidy["name"]))
+    if unknown:
+        raise ValueError(f"config key segmentation.volume_plot: unknown structures {unknown}")
+    ages = dict(zip(demo["img"], pd.to_numeric(demo["age"], errors="coerce"), strict=True))
+    fig = plot_volumes_vs_age(tidy.rename(columns={"img": "subject"}), ages, names)
+    io.save_figure(fig, out_figure)
+
+
+def evaluate_fold(
+    image,
+    mask,
+    dseg,
+    table,
+    atlas_images,
+    atlas_dsegs,
+    out_scores,
+    name,
+    atlas_ids,
+    method,
+    min_ncc,
+    min_atlases,
+    registration,
+    atlas_affines=(),
+    atlas_warps=(),
+    target_affine=None,
+    target_inverse_warp=None,
+):
+    """Segment one labelled scan held out from the atlases and score it against its own labels.
+
+    Direct route (no transforms given): each atlas is registered to the held-out scan here
+    with ``registration`` (as :func:`register_atlas_job`); template route: atlas->template
+    composed with the held-out scan's template->scan map. The reference labels are resampled
+    onto the scan's preprocessed grid (``genericLabel``); scores per structure are those of
+    :func:`evaluate_segmentation` (Dice, HD95 in mm, volume similarity), with ``method``.
+    """
+    from . import io
+
+    labels = read_label_table(table)
+    target = ants.image_read(str(image))
+    atlases = _atlases(atlas_ids, atlas_images, atlas_dsegs)
+    with tempfile.TemporaryDirectory(prefix="atlas-eval-") as tmp:
+        if atlas_affines:
+            chains = _chains(atlas_affines, atlas_warps, target_affine, target_inverse_warp)
+        else:
+            chains = [
+                register_atlas(
+                    target,
+                    a.image,
+                    type_of_transform=registration["transform"],
+                    reg_iterations=registration["iterations"],
+                    outprefix=str(Path(tmp) / f"{a.subject}_"),
+                ).forward
+                for a in atlases
+            ]
+        result = _segment(
+            target,
+            ants.image_read(str(mask)),
+            atlases,
+            chains,
+            method,
+            min_ncc,
+            min_atlases,
+            False,
+            name,
+        )
+    reference = ants.resample_image_to_target(
+        ants.image_read(str(dseg)), target, interp_type="genericLabel"
+    )
+    scores = evaluate_segmentation(
+        _as_labels(result.dseg), _as_labels(reference), target.spacing, table=labels, subject=name
+    )
+    io.write_tsv(scores.assign(method=method), out_scores)
+
+
+def evaluation_report(scores, out_table, out_figure, out_summary):
+    """Concatenate the evaluation folds; write the per-structure table, a per-scan summary
+    (mean Dice, median HD95 over finite values, mean volume similarity) and a Dice box plot
+    with one box per held-out scan."""
+    from . import io
+
+    table = pd.concat([pd.read_csv(p, sep="\t") for p in scores], ignore_index=True)
+    io.write_tsv(table, out_table)
+    summary = table.groupby(["subject", "method"], sort=False).agg(
+        n_labels=("dice", "size"),
+        mean_dice=("dice", "mean"),
+        median_hd95_mm=("hd95_mm", lambda v: float(np.median(v[np.isfinite(v)]))),
+        mean_volume_similarity=("volume_similarity", "mean"),
+    )
+    io.write_tsv(summary.reset_index(), out_summary)
+    io.save_figure(plot_evaluation(table, metric="dice", by="subject"), out_figure)
+
+
+def write_label_table(table, out_table, tissue_classes=None):
+    """The label table of the segmentations (``index``, ``name``, ``class``; ``n/a`` where a
+    structure has no tissue class), with ``tissue_classes`` applied."""
+    from . import io
+
+    labels = apply_tissue_classes(read_label_table(table), tissue_classes)
+    io.write_tsv(labels.assign(**{"class": labels["class"].fillna("n/a")}), out_table)

@@ -169,7 +169,15 @@ def software_versions() -> dict:
 
 
 def template_final(
-    templates, mask, subject_rows, convergence_rows, warped, participants, config, res_label, **out
+    templates,
+    template_mask,
+    subject_rows,
+    convergence_rows,
+    warped,
+    participants,
+    config,
+    res_label,
+    **out,
 ):
     """Write the TemplateFlow folder, group tables, variance map and figures.
 
@@ -179,7 +187,7 @@ def template_final(
     """
     final = ants.image_read(str(templates[-1]))
     io.write_image(final, out["template"])
-    io.copy_file(mask, out["mask"])
+    io.copy_file(template_mask, out["mask"])
     conv = pd.concat([pd.read_csv(p, sep="\t") for p in convergence_rows], ignore_index=True)
     subj = pd.concat([pd.read_csv(p, sep="\t") for p in subject_rows], ignore_index=True)
     subj = participants[["img", "subject", "session", "age", "sex"]].merge(subj, on="img")

@@ -116,17 +116,16 @@ def _plot_losses(history: list, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = list(history[0]) if history else []
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(len(keys), 1, figsize=(6, 1.8 * len(keys) + 0.5), sharex=True)
+    axes = np.atleast_1d(axes)
     steps = np.arange(1, len(history) + 1)
-    for key in keys:
+    for ax, key in zip(axes, keys, strict=True):
         values = np.array([h[key] for h in history])
         width = max(1, len(values) // 50)
-        smooth = np.convolve(values, np.ones(width) / width, mode="valid")
-        ax.plot(steps[width - 1 :], smooth, label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (moving average)")
-    ax.set_yscale("symlog", linthresh=1e-3)
-    ax.legend()
+        ax.plot(steps, values, color="0.8", lw=0.5)
+        ax.plot(steps[width - 1 :], np.convolve(values, np.ones(width) / width, "valid"))
+        ax.set_ylabel(key)
+    axes[-1].set_xlabel(f"step (line: moving average over {max(1, len(history) // 50)} steps)")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)

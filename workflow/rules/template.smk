@@ -163,7 +163,7 @@ REPORT = "../report"
 rule template_final:
     input:
         templates=[iter_path(k, "template_T1w.nii.gz") for k in range(N_ITER + 1)],
-        mask=rules.reference.output.out_mask,
+        template_mask=rules.reference.output.out_mask,
         subject_rows=[
             f"{WORK}/template/final/{SUBDIR[i]}/{i}_metrics.tsv" for i in IMAGES.img
         ],

@@ -1,0 +1,294 @@
+# Multi-atlas segmentation rules (config key segmentation); config, atlas table and input
+# functions are in segment_common.smk. One registration job per atlas x image (direct
+# route) or per atlas (template route), one fusion job per image, a labelled template and
+# group tables; logic in atlas/segmentation.py (job functions at its end).
+
+
+include: "segment_common.smk"
+
+
+rule segmentation:
+    input:
+        SEGMENT_TARGETS
+        if SEG_ON
+        else [SEG_TPL["dseg"], SEG_TPL["table"], *SEG_TPL["probseg"]],
+
+
+rule segment_atlas_prepare:
+    input:
+        t1w=lambda w: LABELLED.loc[w.atlas, "t1w"],
+        dseg=lambda w: LABELLED.loc[w.atlas, "dseg"],
+        table=LABEL_TABLE or [],
+        reference_image=rules.reference.output.out_image,
+    output:
+        out_image=atlas_file("{atlas}", "desc-preproc_T1w.nii.gz"),
+        out_mask=atlas_file("{atlas}", "desc-brain_mask.nii.gz"),
+        out_dseg=atlas_file("{atlas}", "dseg.nii.gz"),
+    params:
+        step=SEG_STEP.format("prepare_atlas"),
+        preprocess=PREPROCESS_KW,
+    log:
+        f"{OUT}/logs/segmentation/atlas-{{atlas}}_prepare.log",
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources(),
+    conda:
+        ENV
+    script:
+        RUN
+
+
+rule segment_label_table:
+    input:
+        table=LABEL_TABLE or [],
+    output:
+        out_table=f"{OUT}/desc-{METHOD}_dseg.tsv",
+    params:
+        step=SEG_STEP.format("write_label_table"),
+        tissue_classes=SEG["tissue_classes"],
+    log:
+        f"{OUT}/logs/segmentation/label_table.log",
+    conda:
+        ENV
+    script:
+        RUN
+
+
+rule segment_atlas_to_template:
+    input:
+        fixed=TEMPLATE_OUTPUTS["template"],
+        moving=atlas_file("{atlas}", "desc-preproc_T1w.nii.gz"),
+    output:
+        out_affine=to_template("{atlas}", "affine.mat"),
+        out_warp=to_template("{atlas}", "warp.nii.gz"),
+        out_inverse_warp=to_template("{atlas}", "inverse-warp.nii.gz"),
+        out_warped=to_template("{atlas}", "warped.nii.gz"),
+    params:
+        step=SEG_STEP.format("register_atlas_job"),
+        registration=SEG["registration"],
+    log:
+        f"{OUT}/logs/segmentation/atlas-{{atlas}}_to-template.log",
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources(),
+    conda:
+        ENV
+    script:
+        RUN
+
+
+rule segment_atlas_to_image:
+    input:
+        fixed=lambda w: subject_file(w.img, "desc-preproc_T1w.nii.gz"),
+        moving=atlas_file("{atlas}", "desc-preproc_T1w.nii.gz"),
+    output:
+        out_affine=f"{SEGW}/direct/{{img}}/{{atlas}}_affine.mat",
+        out_warp=f"{SEGW}/direct/{{img}}/{{atlas}}_warp.nii.gz",
+    params:
+        step=SEG_STEP.format("register_atlas_job"),
+        registration=SEG["registration"],
+    log:
+        f"{OUT}/logs/segmentation/{{img}}_atlas-{{atlas}}.log",
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources(),
+    conda:
+        ENV
+    script:
+        RUN
+
+
+rule segment_fuse:
+    input:
+        unpack(fuse_inputs),
+    output:
+        out_dseg=subject_path(f"desc-{METHOD}_dseg.nii.gz"),
+        out_qc=f"{SEGW}/qc/{{subdir}}/{{img}}_qc.tsv",
+        out_probseg=[subject_path(p) for p in PROBSEG] if SEG["probseg"] else [],
+    params:
+        **FUSION,
+        step=SEG_STEP.format("fuse_target"),
+        name=lambda w: w.img,
+        atlas_ids=lambda w: IMG_ATLASES[w.img],
+        tissue_classes=SEG["tissue_classes"],
+    log:
+        f"{OUT}/logs/{{subdir}}/{{img}}_segment_fuse.log",
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources(),
+    conda:
+        ENV
+    script:
+        RUN
+
+
+rule segment_volumes:
+    input:
+        dseg=rules.segment_fuse.output.out_dseg,
+        table=LABEL_TABLE or [],
+    output:
+        out_tsv=f"{SEGW}/volumes/{{subdir}}/{{img}}_volumes.tsv",
+    params:
+        step=SEG_STEP.format("subject_volumes"),
+        img=lambda w: w.img,
+        tissue_classes=SEG["tissue_classes"],
+    log:
+        f"{OUT}/logs/{{subdir}}/{{img}}_segment_volumes.log",
+    resources:
+        **job_resources(),
+    conda:
+        ENV
+    script:
+        RUN
+
+
+rule segment_group:
+    input:
+        volumes=[f"{SEGW}/volumes/{SUBDIR[i]}/{i}_volumes.tsv" for i in IMAGES.img],
+        qc=[f"{SEGW}/qc/{SUBDIR[i]}/{i}_qc.tsv" for i in IMAGES.img],
+    output:
+        out_tidy=SEG_GROUP["tidy"],
+        out_wide=SEG_GROUP["wide"],
+        out_qc=SEG_GROUP["qc"],
+        out_figure=report(
+            SEG_GROUP["fig"], caption=f"{REPORT}/volumes.rst", category="Segmentation"
+        ),
+    params:
+        step=SEG_STEP.format("group_volumes"),
+        participants=IMAGES,
+        structures=SEG["volume_plot"],
+    log:
+        f"{OUT}/logs/segmentation/group.log",
+    resources:
+        **job_resources(),
+    conda:
+        ENV
+    script:
+        RUN
+
+
+if SEG_ON:
+
+    rule segment_template:
+        input:
+            template=TEMPLATE_OUTPUTS["template"],
+            mask=TEMPLATE_OUTPUTS["mask"],
+            table=LABEL_TABLE,
+            atlas_images=atlas_files(ATLASES, "desc-preproc_T1w.nii.gz"),
+            atlas_dsegs=atlas_files(ATLASES, "dseg.nii.gz"),
+            atlas_affines=[to_template(a, "affine.mat") for a in ATLASES],
+            atlas_warps=[to_template(a, "warp.nii.gz") for a in ATLASES],
+        output:
+            out_dseg=SEG_TPL["dseg"],
+            out_table=SEG_TPL["table"],
+            out_probseg=SEG_TPL["probseg"],
+            out_qc=f"{SEGW}/qc/template_qc.tsv",
+        params:
+            **FUSION,
+            step=SEG_STEP.format("label_template"),
+            atlas_ids=ATLASES,
+            tissue_classes=SEG["tissue_classes"],
+        log:
+            f"{OUT}/logs/segmentation/template.log",
+        threads: config["threads_per_job"]
+        resources:
+            **job_resources(),
+        conda:
+            ENV
+        script:
+            RUN
+
+else:
+
+    rule segment_atropos:
+        input:
+            image=rules.preprocess.output.out_image,
+            mask=rules.preprocess.output.out_mask,
+            template=TEMPLATE_OUTPUTS["template"],
+            affine=subject_path(f"from-T1w_to-{TPL}_mode-image_desc-affine_xfm.mat"),
+            warp=subject_path(f"from-T1w_to-{TPL}_mode-image_desc-warp_xfm.nii.gz"),
+        output:
+            out_probseg=[
+                f"{SEGW}/atropos/{{subdir}}/{{img}}_space-{TPL}_label-{t}_probseg.nii.gz"
+                for t in TISSUES
+            ],
+        params:
+            step=SEG_STEP.format("atropos_to_template"),
+        log:
+            f"{OUT}/logs/{{subdir}}/{{img}}_segment_atropos.log",
+        threads: config["threads_per_job"]
+        resources:
+            **job_resources(),
+        conda:
+            ENV
+        script:
+            RUN
+
+    rule segment_template_atropos:
+        input:
+            template=TEMPLATE_OUTPUTS["template"],
+            mask=TEMPLATE_OUTPUTS["mask"],
+            probseg=[
+                f"{SEGW}/atropos/{SUBDIR[i]}/{i}_space-{TPL}_label-{t}_probseg.nii.gz"
+                for i in IMAGES.img
+                for t in TISSUES
+            ],
+        output:
+            out_dseg=SEG_TPL["dseg"],
+            out_table=SEG_TPL["table"],
+            out_probseg=SEG_TPL["probseg"],
+        params:
+            step=SEG_STEP.format("atropos_template"),
+        log:
+            f"{OUT}/logs/segmentation/template_atropos.log",
+        resources:
+            **job_resources(),
+        conda:
+            ENV
+        script:
+            RUN
+
+
+rule segment_evaluate:
+    input:
+        unpack(evaluate_inputs),
+    output:
+        out_scores=f"{SEGW}/evaluation/{{atlas}}_scores.tsv",
+    params:
+        **FUSION,
+        step=SEG_STEP.format("evaluate_fold"),
+        name=lambda w: w.atlas,
+        atlas_ids=lambda w: eval_atlases(w.atlas),
+        registration=SEG["registration"],
+    log:
+        f"{OUT}/logs/segmentation/evaluate_{{atlas}}.log",
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources(),
+    conda:
+        ENV
+    script:
+        RUN
+
+
+rule segment_evaluation:
+    input:
+        scores=[f"{SEGW}/evaluation/{a}_scores.tsv" for a in EVAL_IDS],
+    output:
+        out_table=SEG_EVAL["table"],
+        out_summary=SEG_EVAL["summary"],
+        out_figure=report(
+            SEG_EVAL["fig"],
+            caption=f"{REPORT}/evaluation.rst",
+            category="Segmentation",
+        ),
+    params:
+        step=SEG_STEP.format("evaluation_report"),
+    log:
+        f"{OUT}/logs/segmentation/evaluation.log",
+    resources:
+        **job_resources(),
+    conda:
+        ENV
+    script:
+        RUN

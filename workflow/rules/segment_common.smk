@@ -1,0 +1,183 @@
+# Multi-atlas segmentation: config, atlas discovery and input functions (rules in
+# segment.smk). Labelled atlases are preprocessed
+# like the images, registered (one job per atlas x image in the direct route, per atlas in
+# the template route) and fused per image; the template is labelled from the atlases
+# registered to it. With no atlases, `snakemake segmentation` gives Atropos tissue maps of
+# the template only. Logic lives in atlas/segmentation.py (job functions at its end).
+import re
+from pathlib import Path
+
+from atlas.segmentation import find_atlases, same_scan_or_subject
+
+SEG = config["segmentation"]
+SEG_ON = bool(SEG["atlases"])
+METHOD = SEG["fusion"]
+SEGW = f"{WORK}/segmentation"
+SEG_STEP = "segmentation.{}"
+TISSUES = ["CSF", "GM", "WM"]
+
+if SEG_ON:
+    try:
+        LABELLED, LABEL_TABLE = find_atlases(
+            SEG["atlases"], SEG["label_table"], SEG["evaluation"]
+        )
+    except InputError as exc:
+        _stop(str(exc))
+    LABELLED = LABELLED.set_index("id", drop=False)
+    ATLASES = list(LABELLED.index[LABELLED.role == "atlas"])
+    EVAL_MODE = SEG["evaluation"]["mode"]
+    EVAL_IDS = {
+        "none": [],
+        "loo": ATLASES,
+        "split": list(LABELLED.index[LABELLED.role == "test"]),
+    }[EVAL_MODE]
+    if EVAL_MODE == "loo" and len(ATLASES) < 2:
+        _stop("config key segmentation.evaluation.mode: loo needs at least two atlases")
+    _bids_root = str(Path(BIDS_DIR).resolve())
+    _row = IMAGES.set_index("img")
+    # Atlases allowed to label each image: never its own scan or another session of its subject.
+    IMG_ATLASES = {
+        img: [
+            a
+            for a in ATLASES
+            if not same_scan_or_subject(
+                LABELLED.loc[a],
+                _bids_root,
+                _row.loc[img, "subject"],
+                _row.loc[img, "path"],
+            )
+        ]
+        for img in IMAGES.img
+    }
+    for _img, _ids in IMG_ATLASES.items():
+        if not _ids:
+            _stop(f"config key segmentation.atlases: no atlas left to label {_img}")
+else:
+    LABELLED, ATLASES, EVAL_IDS, IMG_ATLASES, LABEL_TABLE = None, [], [], {}, None
+
+
+wildcard_constraints:
+    atlas="|".join(map(re.escape, LABELLED.index)) if SEG_ON else "(?!)",
+    tissue="|".join(TISSUES),
+
+
+def atlas_file(atlas, name):
+    return f"{SEGW}/atlases/{atlas}_{name}"
+
+
+def atlas_files(ids, name):
+    return [atlas_file(a, name) for a in ids]
+
+
+def to_template(atlas, name):
+    """Atlas -> template registration files (template route and labelled template)."""
+    return f"{SEGW}/template/{atlas}_{name}"
+
+
+SEG_TPL = {
+    "dseg": f"{TPL_DIR}/tpl-{TPL}_res-{RES}_dseg.nii.gz",
+    "table": f"{TPL_DIR}/tpl-{TPL}_dseg.tsv",
+    "probseg": [
+        f"{TPL_DIR}/tpl-{TPL}_res-{RES}_label-{t}_probseg.nii.gz" for t in TISSUES
+    ],
+}
+SEG_GROUP = {
+    "tidy": f"{OUT}/group/desc-{METHOD}_volumes.tsv",
+    "wide": f"{OUT}/group/desc-{METHOD}wide_volumes.tsv",
+    "qc": f"{OUT}/group/desc-{METHOD}_segmentationqc.tsv",
+    "fig": f"{FIG}/desc-{METHOD}_volumesage.png",
+}
+SEG_EVAL = {
+    "table": f"{OUT}/group/desc-{METHOD}_evaluation.tsv",
+    "summary": f"{OUT}/group/desc-{METHOD}summary_evaluation.tsv",
+    "fig": f"{FIG}/desc-{METHOD}_evaluation.png",
+}
+PROBSEG = [f"label-{t}_desc-{METHOD}_probseg.nii.gz" for t in TISSUES]
+PREPROCESS_KW = {
+    "resolution": config["resolution"],
+    "skull_strip": config["skull_strip"],
+    "head_template": config["skull_strip_template"]["head"],
+    "head_mask": config["skull_strip_template"]["mask"],
+    "intensity": config["intensity_normalisation"],
+    "max_brain_ml": config["brain_only_max_volume_ml"],
+    "margin_mm": config["fov_margin_mm"],
+    "seed": config["seed"],
+}
+FUSION = {
+    "method": METHOD,
+    "min_ncc": SEG["qc"]["min_ncc"],
+    "min_atlases": SEG["qc"]["min_atlases"],
+}
+# Everything the segmentation adds to `rule all` (nothing without atlases).
+SEGMENT_TARGETS = (
+    [
+        f"{OUT}/desc-{METHOD}_dseg.tsv",
+        *subject_files(f"desc-{METHOD}_dseg.nii.gz"),
+        *[f for p in PROBSEG if SEG["probseg"] for f in subject_files(p)],
+        SEG_TPL["dseg"],
+        SEG_TPL["table"],
+        *SEG_TPL["probseg"],
+        *SEG_GROUP.values(),
+        *(SEG_EVAL.values() if EVAL_IDS else []),
+    ]
+    if SEG_ON
+    else []
+)
+
+
+def fuse_inputs(w):
+    ids = IMG_ATLASES[w.img]
+    common = {
+        "image": subject_file(w.img, "desc-preproc_T1w.nii.gz"),
+        "mask": subject_file(w.img, "desc-brain_mask.nii.gz"),
+        "table": LABEL_TABLE,
+        "atlas_images": atlas_files(ids, "desc-preproc_T1w.nii.gz"),
+        "atlas_dsegs": atlas_files(ids, "dseg.nii.gz"),
+    }
+    if SEG["route"] == "direct":
+        return common | {
+            "atlas_affines": [f"{SEGW}/direct/{w.img}/{a}_affine.mat" for a in ids],
+            "atlas_warps": [f"{SEGW}/direct/{w.img}/{a}_warp.nii.gz" for a in ids],
+        }
+    return common | {
+        "atlas_affines": [to_template(a, "affine.mat") for a in ids],
+        "atlas_warps": [to_template(a, "warp.nii.gz") for a in ids],
+        "target_affine": subject_file(
+            w.img, f"from-T1w_to-{TPL}_mode-image_desc-affine_xfm.mat"
+        ),
+        "target_inverse_warp": subject_file(
+            w.img, f"from-{TPL}_to-T1w_mode-image_desc-warp_xfm.nii.gz"
+        ),
+    }
+
+
+def eval_atlases(held_out):
+    """Atlases that label a held-out scan: all others except rescans of its subject."""
+    row = LABELLED.loc[held_out]
+    return [
+        a
+        for a in ATLASES
+        if not same_scan_or_subject(
+            LABELLED.loc[a], row["dataset"], row["subject"], row["t1w"]
+        )
+    ]
+
+
+def evaluate_inputs(w):
+    others = eval_atlases(w.atlas)
+    files = {
+        "image": atlas_file(w.atlas, "desc-preproc_T1w.nii.gz"),
+        "mask": atlas_file(w.atlas, "desc-brain_mask.nii.gz"),
+        "dseg": atlas_file(w.atlas, "dseg.nii.gz"),
+        "table": LABEL_TABLE,
+        "atlas_images": atlas_files(others, "desc-preproc_T1w.nii.gz"),
+        "atlas_dsegs": atlas_files(others, "dseg.nii.gz"),
+    }
+    if SEG["route"] == "template":
+        files |= {
+            "atlas_affines": [to_template(a, "affine.mat") for a in others],
+            "atlas_warps": [to_template(a, "warp.nii.gz") for a in others],
+            "target_affine": to_template(w.atlas, "affine.mat"),
+            "target_inverse_warp": to_template(w.atlas, "inverse-warp.nii.gz"),
+        }
+    return files
