@@ -37,9 +37,9 @@ def test_loads_2d_cohort(oasis):
 
 
 def test_short_training_registers_held_out_subjects(oasis, tmp_path):
-    """After 60 steps on 24 subjects, the one-pass registration to the atlas of the
-    subject's age increases the NCC with the atlas on 8 held-out subjects and is
-    diffeomorphic (no folding)."""
+    """After 100 steps on 24 subjects, the one-pass registration to the atlas of the
+    subject's age increases the NCC with the atlas for each of 8 held-out subjects
+    (by 0.004-0.011 when written) and is diffeomorphic (no folding)."""
     order = np.argsort(oasis.ages)
     train_idx = np.r_[order[:12], order[-12:]]
     test_idx = np.r_[order[12:16], order[-16:-12]]
@@ -49,7 +49,7 @@ def test_short_training_registers_held_out_subjects(oasis, tmp_path):
         affine=oasis.affine,
         disk_shape=oasis.disk_shape,
     )
-    config = {"steps": 60, "batch_size": 4, "enc": [8, 16, 16], "dec": [16, 16, 16]}
+    config = {"steps": 100, "batch_size": 4, "enc": [8, 16, 16], "dec": [16, 16, 16]}
     train({**config, "lr": 3e-3, "log_every": 1000}, subset, tmp_path)
     atlas = LearnedAtlas(tmp_path / "model.pt")
     gains, folding = [], []
@@ -58,5 +58,5 @@ def test_short_training_registers_held_out_subjects(oasis, tmp_path):
         gains.append(metrics.ncc(reg.atlas, reg.warped) - metrics.ncc(reg.atlas, oasis.images[i]))
         det = metrics.jacobian_determinant(reg.inverse_displacement * atlas.spacing, atlas.spacing)
         folding.append(metrics.jacobian_stats(det)["pct_nonpositive"])
-    assert np.mean(gains) > 0.0, gains
+    assert min(gains) > 0.0, gains
     assert max(folding) == 0.0
