@@ -6,7 +6,6 @@ Run on a study:    snakemake --cores all --config bids_dir=/path/to/bids output_
 
 from snakemake.utils import min_version, validate
 
-
 min_version("9.0")
 
 

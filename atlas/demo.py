@@ -42,9 +42,7 @@ def _exp_velocity(v: np.ndarray, steps: int = 7) -> np.ndarray:
     u = v / 2**steps
     grid = np.indices(v.shape[1:], dtype=np.float64)
     for _ in range(steps):
-        u = u + np.stack(
-            [ndimage.map_coordinates(c, grid + u, order=1, mode="nearest") for c in u]
-        )
+        u = u + np.stack([ndimage.map_coordinates(c, grid + u, order=1, mode="nearest") for c in u])
     return u
 
 

@@ -61,7 +61,9 @@ def check_nifti(path, read_data: bool = True) -> None:
 
 def _tmp_sibling(path: Path) -> Path:
     suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent
+    )
     os.close(fd)
     return Path(tmp)
 

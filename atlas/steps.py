@@ -109,8 +109,18 @@ def template_register(template, image, initial_affine, out_affine, out_warped, p
 
 
 def template_update(
-    template, mask, warped, affines, warps, out_template, out_row, iteration, stage, average,
-    gradient_step, do_sharpen,
+    template,
+    mask,
+    warped,
+    affines,
+    warps,
+    out_template,
+    out_row,
+    iteration,
+    stage,
+    average,
+    gradient_step,
+    do_sharpen,
 ):
     """Average, shape update and sharpening of iteration k, plus its convergence row."""
     old = ants.image_read(str(template))
@@ -133,8 +143,19 @@ def template_update(
 
 
 def subject_final(
-    template, mask, affine, warp, inverse_warp, warped, image, out_affine, out_warp,
-    out_inverse_warp, out_warped, out_row, img,
+    template,
+    mask,
+    affine,
+    warp,
+    inverse_warp,
+    warped,
+    image,
+    out_affine,
+    out_warp,
+    out_inverse_warp,
+    out_warped,
+    out_row,
+    img,
 ):
     """Copy one subject's final transforms under BIDS names and measure its registration."""
     for src, dst in ((affine, out_affine), (warp, out_warp), (inverse_warp, out_inverse_warp)):
@@ -181,9 +202,10 @@ def template_final(
 ):
     """Write the TemplateFlow folder, group tables, variance map and figures.
 
-    ``out`` (keyword arguments) maps output names (``template``, ``mask``, ``description``, ``convergence``,
-    ``subjects``, ``variance``, ``fig_mosaic``, ``fig_convergence``, ``fig_subjects``)
-    to paths; ``participants`` is the table of :func:`atlas.bids.find_t1w`.
+    ``out`` (keyword arguments) maps output names (``template``, ``mask``,
+    ``description``, ``convergence``, ``subjects``, ``variance``, ``fig_mosaic``,
+    ``fig_convergence``, ``fig_subjects``) to paths; ``participants`` is the table of
+    :func:`atlas.bids.find_t1w`.
     """
     final = ants.image_read(str(templates[-1]))
     io.write_image(final, out["template"])
@@ -234,4 +256,3 @@ def dataset_files(out_json, out_config, name, bids_dir, config):
 
     io.write_json(dataset_description(name, bids_dir), out_json)
     io.write_json({"config": config, "software": software_versions()}, out_config)
-

@@ -11,8 +11,8 @@ from atlas.bids import find_t1w, validate_images
 from atlas.io import InputError, atomic_path, check_nifti
 
 
-def _save(path, data, affine=np.eye(4), codes=True):
-    img = nib.Nifti1Image(data, affine)
+def _save(path, data, codes=True):
+    img = nib.Nifti1Image(data, np.eye(4))
     if not codes:
         img.set_qform(None, code=0)
         img.set_sform(None, code=0)
@@ -76,8 +76,12 @@ def _bids(root, subjects, sessions=None, participants=None):
 
 
 def test_find_t1w_sessions_and_ages(tmp_path):
-    root = _bids(tmp_path / "ds", ["01", "02"], sessions=["2", "1"],
-                 participants="participant_id\tage\tsex\nsub-01\t30\tF\nsub-02\t40\tM\n")
+    root = _bids(
+        tmp_path / "ds",
+        ["01", "02"],
+        sessions=["2", "1"],
+        participants="participant_id\tage\tsex\nsub-01\t30\tF\nsub-02\t40\tM\n",
+    )
     (root / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tage\nses-1\t31\nses-2\t33\n")
     first = find_t1w(root)
     assert list(first.img) == ["sub-01_ses-1", "sub-02_ses-1"]
@@ -96,7 +100,9 @@ def test_find_t1w_sessions_and_ages(tmp_path):
         (lambda p: (p / "empty").mkdir() or p / "empty", "is empty"),
         (lambda p: _bids(p / "ds", []), "no T1w image found"),
         (
-            lambda p: _bids(p / "ds", ["01"], participants="participant_id\tage\nsub-01\t3\nsub-01\t4\n"),
+            lambda p: _bids(
+                p / "ds", ["01"], participants="participant_id\tage\nsub-01\t3\nsub-01\t4\n"
+            ),
             "duplicated participant_id sub-01",
         ),
     ],

@@ -31,8 +31,12 @@ def test_mutual_information_equals_entropy_for_identical_images():
 def test_jacobian_of_uniform_scaling_and_folding():
     # u(x) = (s - 1) x with s = 1.1 in every axis -> det J = s^3 = 1.331 everywhere
     spacing = (2.0, 1.0, 1.5)
-    grid = np.stack(np.meshgrid(*[np.arange(n) * d for n, d in zip((6, 7, 8), spacing, strict=True)],
-                                indexing="ij"), -1)
+    grid = np.stack(
+        np.meshgrid(
+            *[np.arange(n) * d for n, d in zip((6, 7, 8), spacing, strict=True)], indexing="ij"
+        ),
+        -1,
+    )
     det = metrics.jacobian_determinant(0.1 * grid, spacing)
     np.testing.assert_allclose(det, 1.1**3, rtol=1e-12)
     st = metrics.jacobian_stats(det)
@@ -41,9 +45,10 @@ def test_jacobian_of_uniform_scaling_and_folding():
     # u_x = -2 x: the map x -> -x reverses orientation, det = -1 in every voxel
     fold = np.zeros_like(grid)
     fold[..., 0] = -2 * grid[..., 0]
-    assert metrics.jacobian_stats(metrics.jacobian_determinant(fold, spacing))[
-        "pct_nonpositive"
-    ] == 100.0
+    assert (
+        metrics.jacobian_stats(metrics.jacobian_determinant(fold, spacing))["pct_nonpositive"]
+        == 100.0
+    )
 
 
 def test_dice_hand_computed_and_matches_nipype(tmp_path):

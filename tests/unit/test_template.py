@@ -59,8 +59,11 @@ def test_affine_shape_update_removes_mean_scaling(brain, tmp_path):
     affines = []
     for i in range(3):
         tx = ants.create_ants_transform(
-            transform_type="AffineTransform", dimension=3, center=centre,
-            matrix=np.eye(3) * 1.1, translation=(0, 0, 0),
+            transform_type="AffineTransform",
+            dimension=3,
+            center=centre,
+            matrix=np.eye(3) * 1.1,
+            translation=(0, 0, 0),
         )
         affines.append(str(tmp_path / f"s{i}.mat"))
         ants.write_transform(tx, affines[-1])

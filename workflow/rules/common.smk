@@ -6,7 +6,6 @@ from atlas.bids import find_t1w, validate_images
 from atlas.demo import make_demo_bids
 from atlas.io import InputError
 
-
 OUT = config["output_dir"]
 WORK = config["work_dir"]
 TPL = config["template"]["name"]
@@ -29,7 +28,9 @@ if N_SYN < 1:
 
 try:
     BIDS_DIR = config["bids_dir"] or str(
-        make_demo_bids(config["demo"]["dir"], config["demo"]["n_subjects"], config["demo"]["seed"])
+        make_demo_bids(
+            config["demo"]["dir"], config["demo"]["n_subjects"], config["demo"]["seed"]
+        )
     )
     IMAGES = validate_images(
         find_t1w(
@@ -77,4 +78,43 @@ def iter_path(k, name):
 
 
 def job_resources(factor=1):
-    return {"mem_mb": config["mem_mb"] * factor, "runtime": config["runtime_min"] * factor}
+    return {
+        "mem_mb": config["mem_mb"] * factor,
+        "runtime": config["runtime_min"] * factor,
+    }
+
+
+# --- template iterations ---
+def stage(k):
+    return "affine" if int(k) < N_AFFINE else "syn"
+
+
+def stage_params(k):
+    tcfg = config["template"]
+    if stage(k) == "affine":
+        return dict(tcfg["affine"], transform="Affine")
+    return dict(tcfg["affine"], **tcfg["syn"], transform="SyN")
+
+
+def registration_inputs(w):
+    return {
+        "template": iter_path(w.k, "template_T1w.nii.gz"),
+        "image": subject_file(w.img, "desc-preproc_T1w.nii.gz"),
+        "initial_affine": subject_file(w.img, f"from-T1w_to-{REF}_mode-image_xfm.mat"),
+    }
+
+
+def update_inputs(w):
+    k = int(w.k) - 1
+    imgs = list(IMAGES.img)
+    return {
+        "template": iter_path(k, "template_T1w.nii.gz"),
+        "mask": rules.reference.output.out_mask,
+        "warped": [iter_path(k, f"{i}_warped.nii.gz") for i in imgs],
+        "affines": [iter_path(k, f"{i}_affine.mat") for i in imgs],
+        "warps": (
+            [iter_path(k, f"{i}_warp.nii.gz") for i in imgs]
+            if stage(k) == "syn"
+            else []
+        ),
+    }

@@ -5,15 +5,15 @@ rule dataset_description:
     output:
         out_json=f"{OUT}/dataset_description.json",
         out_config=f"{OUT}/atlas_config.json",
+    log:
+        f"{OUT}/logs/dataset_description.log",
+    conda:
+        ENV
     params:
         step="dataset_files",
         name=TPL,
         bids_dir=BIDS_DIR,
         config=config,
-    log:
-        f"{OUT}/logs/dataset_description.log",
-    conda:
-        ENV
     script:
         RUN
 
@@ -22,18 +22,18 @@ rule reference:
     output:
         out_image=f"{WORK}/reference/res-{RES}_T1w.nii.gz",
         out_mask=f"{WORK}/reference/res-{RES}_desc-brain_mask.nii.gz",
+    log:
+        f"{OUT}/logs/reference.log",
+    conda:
+        ENV
+    resources:
+        **job_resources(),
     params:
         step="reference",
         reference=config["reference"],
         reference_mask=config["reference_mask"],
         resolution=config["resolution"],
         margin_mm=config["fov_margin_mm"],
-    log:
-        f"{OUT}/logs/reference.log",
-    resources:
-        **job_resources(),
-    conda:
-        ENV
     script:
         RUN
 
@@ -46,6 +46,15 @@ rule preprocess:
         out_image=subject_path("desc-preproc_T1w.nii.gz"),
         out_mask=subject_path("desc-brain_mask.nii.gz"),
         out_json=subject_path("desc-preproc_T1w.json"),
+    log:
+        f"{OUT}/logs/{{subdir}}/{{img}}_preprocess.log",
+    group:
+        "subject"
+    conda:
+        ENV
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources(),
     params:
         step="preprocess",
         resolution=config["resolution"],
@@ -56,15 +65,6 @@ rule preprocess:
         max_brain_ml=config["brain_only_max_volume_ml"],
         margin_mm=config["fov_margin_mm"],
         seed=config["seed"],
-    log:
-        f"{OUT}/logs/{{subdir}}/{{img}}_preprocess.log",
-    threads: config["threads_per_job"]
-    resources:
-        **job_resources(),
-    group:
-        "subject"
-    conda:
-        ENV
     script:
         RUN
 
@@ -76,18 +76,18 @@ rule normalise:
     output:
         out_affine=subject_path(f"from-T1w_to-{REF}_mode-image_xfm.mat"),
         out_warped=subject_path(f"space-{REF}_desc-preproc_T1w.nii.gz"),
-    params:
-        step="normalise",
-        rigid_only=config["reference"] == "cohort",
-        affine_params=config["template"]["affine"],
     log:
         f"{OUT}/logs/{{subdir}}/{{img}}_normalise.log",
-    threads: config["threads_per_job"]
-    resources:
-        **job_resources(),
     group:
         "subject"
     conda:
         ENV
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources(),
+    params:
+        step="normalise",
+        rigid_only=config["reference"] == "cohort",
+        affine_params=config["template"]["affine"],
     script:
         RUN

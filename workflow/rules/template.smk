@@ -2,25 +2,6 @@
 # every image to template iter-k (one job each) and a join job writes iter-(k+1).
 
 
-def stage(k):
-    return "affine" if int(k) < N_AFFINE else "syn"
-
-
-def stage_params(k):
-    tcfg = config["template"]
-    if stage(k) == "affine":
-        return dict(tcfg["affine"], transform="Affine")
-    return dict(tcfg["affine"], **tcfg["syn"], transform="SyN")
-
-
-def registration_inputs(w):
-    return {
-        "template": iter_path(w.k, "template_T1w.nii.gz"),
-        "image": subject_file(w.img, "desc-preproc_T1w.nii.gz"),
-        "initial_affine": subject_file(w.img, f"from-T1w_to-{REF}_mode-image_xfm.mat"),
-    }
-
-
 AFFINE_K = "|".join(str(k) for k in range(N_AFFINE)) or "none"
 SYN_K = "|".join(str(k) for k in range(N_AFFINE, N_ITER))
 
@@ -30,15 +11,15 @@ rule template_init:
         images=subject_files("space-{ref}_desc-preproc_T1w.nii.gz"),
     output:
         out_template=iter_path(0, "template_T1w.nii.gz"),
+    log:
+        f"{OUT}/logs/template_iter-0.log",
+    conda:
+        ENV
+    resources:
+        **job_resources(),
     params:
         step="template_init",
         average=config["template"]["average"],
-    log:
-        f"{OUT}/logs/template_iter-0.log",
-    resources:
-        **job_resources(),
-    conda:
-        ENV
     script:
         RUN
 
@@ -49,18 +30,18 @@ rule template_register_affine:
     output:
         out_affine=iter_path("{k}", "{img}_affine.mat"),
         out_warped=iter_path("{k}", "{img}_warped.nii.gz"),
-    wildcard_constraints:
-        k=AFFINE_K,
-    params:
-        step="template_register",
-        params=lambda w: stage_params(w.k),
     log:
         f"{OUT}/logs/template_iter-{{k}}_{{img}}.log",
+    wildcard_constraints:
+        k=AFFINE_K,
+    conda:
+        ENV
     threads: config["threads_per_job"]
     resources:
         **job_resources(),
-    conda:
-        ENV
+    params:
+        step="template_register",
+        params=lambda w: stage_params(w.k),
     script:
         RUN
 
@@ -75,26 +56,20 @@ use rule template_register_affine as template_register_syn with:
         k=SYN_K,
 
 
-def update_inputs(w):
-    k = int(w.k) - 1
-    imgs = list(IMAGES.img)
-    return {
-        "template": iter_path(k, "template_T1w.nii.gz"),
-        "mask": rules.reference.output.out_mask,
-        "warped": [iter_path(k, f"{i}_warped.nii.gz") for i in imgs],
-        "affines": [iter_path(k, f"{i}_affine.mat") for i in imgs],
-        "warps": [iter_path(k, f"{i}_warp.nii.gz") for i in imgs] if stage(k) == "syn" else [],
-    }
-
-
 rule template_update:
     input:
         unpack(update_inputs),
     output:
         out_template=iter_path("{k}", "template_T1w.nii.gz"),
         out_row=iter_path("{k}", "convergence.tsv"),
+    log:
+        f"{OUT}/logs/template_iter-{{k}}.log",
     wildcard_constraints:
         k=r"[1-9]\d*",
+    conda:
+        ENV
+    resources:
+        **job_resources(),
     params:
         step="template_update",
         iteration=lambda w: int(w.k) - 1,
@@ -102,12 +77,6 @@ rule template_update:
         average=config["template"]["average"],
         gradient_step=config["template"]["gradient_step"],
         do_sharpen=config["template"]["sharpen"],
-    log:
-        f"{OUT}/logs/template_iter-{{k}}.log",
-    resources:
-        **job_resources(),
-    conda:
-        ENV
     script:
         RUN
 
@@ -127,19 +96,21 @@ rule subject_final:
     output:
         out_affine=subject_path(f"from-T1w_to-{TPL}_mode-image_desc-affine_xfm.mat"),
         out_warp=subject_path(f"from-T1w_to-{TPL}_mode-image_desc-warp_xfm.nii.gz"),
-        out_inverse_warp=subject_path(f"from-{TPL}_to-T1w_mode-image_desc-warp_xfm.nii.gz"),
+        out_inverse_warp=subject_path(
+            f"from-{TPL}_to-T1w_mode-image_desc-warp_xfm.nii.gz"
+        ),
         out_warped=subject_path(f"space-{TPL}_desc-preproc_T1w.nii.gz"),
         out_row=f"{WORK}/template/final/{{subdir}}/{{img}}_metrics.tsv",
-    params:
-        step="subject_final",
-        img=lambda w: w.img,
     log:
         f"{OUT}/logs/{{subdir}}/{{img}}_template_final.log",
+    conda:
+        ENV
     threads: config["threads_per_job"]
     resources:
         **job_resources(),
-    conda:
-        ENV
+    params:
+        step="subject_final",
+        img=lambda w: w.img,
     script:
         RUN
 
@@ -191,16 +162,16 @@ rule template_final:
             caption=f"{REPORT}/subjects.rst",
             category="Template",
         ),
+    log:
+        f"{OUT}/logs/template_final.log",
+    conda:
+        ENV
+    resources:
+        **job_resources(),
     params:
         step="template_final",
         participants=IMAGES,
         config=config,
         res_label=RES,
-    log:
-        f"{OUT}/logs/template_final.log",
-    resources:
-        **job_resources(),
-    conda:
-        ENV
     script:
         RUN
