@@ -24,16 +24,16 @@ rule segment_atlas_prepare:
         out_image=atlas_file("{atlas}", "desc-preproc_T1w.nii.gz"),
         out_mask=atlas_file("{atlas}", "desc-brain_mask.nii.gz"),
         out_dseg=atlas_file("{atlas}", "dseg.nii.gz"),
-    params:
-        step=SEG_STEP.format("prepare_atlas"),
-        preprocess=PREPROCESS_KW,
     log:
         f"{OUT}/logs/segmentation/atlas-{{atlas}}_prepare.log",
+    conda:
+        ENV
     threads: config["threads_per_job"]
     resources:
         **job_resources(),
-    conda:
-        ENV
+    params:
+        step=SEG_STEP.format("prepare_atlas"),
+        preprocess=PREPROCESS_KW,
     script:
         RUN
 
@@ -43,13 +43,13 @@ rule segment_label_table:
         table=LABEL_TABLE or [],
     output:
         out_table=f"{OUT}/desc-{METHOD}_dseg.tsv",
-    params:
-        step=SEG_STEP.format("write_label_table"),
-        tissue_classes=SEG["tissue_classes"],
     log:
         f"{OUT}/logs/segmentation/label_table.log",
     conda:
         ENV
+    params:
+        step=SEG_STEP.format("write_label_table"),
+        tissue_classes=SEG["tissue_classes"],
     script:
         RUN
 
@@ -63,16 +63,16 @@ rule segment_atlas_to_template:
         out_warp=to_template("{atlas}", "warp.nii.gz"),
         out_inverse_warp=to_template("{atlas}", "inverse-warp.nii.gz"),
         out_warped=to_template("{atlas}", "warped.nii.gz"),
-    params:
-        step=SEG_STEP.format("register_atlas_job"),
-        registration=SEG["registration"],
     log:
         f"{OUT}/logs/segmentation/atlas-{{atlas}}_to-template.log",
+    conda:
+        ENV
     threads: config["threads_per_job"]
     resources:
         **job_resources(),
-    conda:
-        ENV
+    params:
+        step=SEG_STEP.format("register_atlas_job"),
+        registration=SEG["registration"],
     script:
         RUN
 
@@ -84,16 +84,16 @@ rule segment_atlas_to_image:
     output:
         out_affine=f"{SEGW}/direct/{{img}}/{{atlas}}_affine.mat",
         out_warp=f"{SEGW}/direct/{{img}}/{{atlas}}_warp.nii.gz",
-    params:
-        step=SEG_STEP.format("register_atlas_job"),
-        registration=SEG["registration"],
     log:
         f"{OUT}/logs/segmentation/{{img}}_atlas-{{atlas}}.log",
+    conda:
+        ENV
     threads: config["threads_per_job"]
     resources:
         **job_resources(),
-    conda:
-        ENV
+    params:
+        step=SEG_STEP.format("register_atlas_job"),
+        registration=SEG["registration"],
     script:
         RUN
 
@@ -105,19 +105,19 @@ rule segment_fuse:
         out_dseg=subject_path(f"desc-{METHOD}_dseg.nii.gz"),
         out_qc=f"{SEGW}/qc/{{subdir}}/{{img}}_qc.tsv",
         out_probseg=[subject_path(p) for p in PROBSEG] if SEG["probseg"] else [],
+    log:
+        f"{OUT}/logs/{{subdir}}/{{img}}_segment_fuse.log",
+    conda:
+        ENV
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources(),
     params:
         **FUSION,
         step=SEG_STEP.format("fuse_target"),
         name=lambda w: w.img,
         atlas_ids=lambda w: IMG_ATLASES[w.img],
         tissue_classes=SEG["tissue_classes"],
-    log:
-        f"{OUT}/logs/{{subdir}}/{{img}}_segment_fuse.log",
-    threads: config["threads_per_job"]
-    resources:
-        **job_resources(),
-    conda:
-        ENV
     script:
         RUN
 
@@ -128,16 +128,16 @@ rule segment_volumes:
         table=LABEL_TABLE or [],
     output:
         out_tsv=f"{SEGW}/volumes/{{subdir}}/{{img}}_volumes.tsv",
+    log:
+        f"{OUT}/logs/{{subdir}}/{{img}}_segment_volumes.log",
+    conda:
+        ENV
+    resources:
+        **job_resources(),
     params:
         step=SEG_STEP.format("subject_volumes"),
         img=lambda w: w.img,
         tissue_classes=SEG["tissue_classes"],
-    log:
-        f"{OUT}/logs/{{subdir}}/{{img}}_segment_volumes.log",
-    resources:
-        **job_resources(),
-    conda:
-        ENV
     script:
         RUN
 
@@ -153,16 +153,16 @@ rule segment_group:
         out_figure=report(
             SEG_GROUP["fig"], caption=f"{REPORT}/volumes.rst", category="Segmentation"
         ),
+    log:
+        f"{OUT}/logs/segmentation/group.log",
+    conda:
+        ENV
+    resources:
+        **job_resources(),
     params:
         step=SEG_STEP.format("group_volumes"),
         participants=IMAGES,
         structures=SEG["volume_plot"],
-    log:
-        f"{OUT}/logs/segmentation/group.log",
-    resources:
-        **job_resources(),
-    conda:
-        ENV
     script:
         RUN
 
@@ -183,18 +183,18 @@ if SEG_ON:
             out_table=SEG_TPL["table"],
             out_probseg=SEG_TPL["probseg"],
             out_qc=f"{SEGW}/qc/template_qc.tsv",
+        log:
+            f"{OUT}/logs/segmentation/template.log",
+        conda:
+            ENV
+        threads: config["threads_per_job"]
+        resources:
+            **job_resources(),
         params:
             **FUSION,
             step=SEG_STEP.format("label_template"),
             atlas_ids=ATLASES,
             tissue_classes=SEG["tissue_classes"],
-        log:
-            f"{OUT}/logs/segmentation/template.log",
-        threads: config["threads_per_job"]
-        resources:
-            **job_resources(),
-        conda:
-            ENV
         script:
             RUN
 
@@ -212,15 +212,15 @@ else:
                 f"{SEGW}/atropos/{{subdir}}/{{img}}_space-{TPL}_label-{t}_probseg.nii.gz"
                 for t in TISSUES
             ],
-        params:
-            step=SEG_STEP.format("atropos_to_template"),
         log:
             f"{OUT}/logs/{{subdir}}/{{img}}_segment_atropos.log",
+        conda:
+            ENV
         threads: config["threads_per_job"]
         resources:
             **job_resources(),
-        conda:
-            ENV
+        params:
+            step=SEG_STEP.format("atropos_to_template"),
         script:
             RUN
 
@@ -237,14 +237,14 @@ else:
             out_dseg=SEG_TPL["dseg"],
             out_table=SEG_TPL["table"],
             out_probseg=SEG_TPL["probseg"],
-        params:
-            step=SEG_STEP.format("atropos_template"),
         log:
             f"{OUT}/logs/segmentation/template_atropos.log",
-        resources:
-            **job_resources(),
         conda:
             ENV
+        resources:
+            **job_resources(),
+        params:
+            step=SEG_STEP.format("atropos_template"),
         script:
             RUN
 
@@ -254,19 +254,19 @@ rule segment_evaluate:
         unpack(evaluate_inputs),
     output:
         out_scores=f"{SEGW}/evaluation/{{atlas}}_scores.tsv",
+    log:
+        f"{OUT}/logs/segmentation/evaluate_{{atlas}}.log",
+    conda:
+        ENV
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources(),
     params:
         **FUSION,
         step=SEG_STEP.format("evaluate_fold"),
         name=lambda w: w.atlas,
         atlas_ids=lambda w: eval_atlases(w.atlas),
         registration=SEG["registration"],
-    log:
-        f"{OUT}/logs/segmentation/evaluate_{{atlas}}.log",
-    threads: config["threads_per_job"]
-    resources:
-        **job_resources(),
-    conda:
-        ENV
     script:
         RUN
 
@@ -282,13 +282,13 @@ rule segment_evaluation:
             caption=f"{REPORT}/evaluation.rst",
             category="Segmentation",
         ),
-    params:
-        step=SEG_STEP.format("evaluation_report"),
     log:
         f"{OUT}/logs/segmentation/evaluation.log",
-    resources:
-        **job_resources(),
     conda:
         ENV
+    resources:
+        **job_resources(),
+    params:
+        step=SEG_STEP.format("evaluation_report"),
     script:
         RUN

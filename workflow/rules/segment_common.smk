@@ -1,9 +1,6 @@
-# Multi-atlas segmentation: config, atlas discovery and input functions (rules in
-# segment.smk). Labelled atlases are preprocessed
-# like the images, registered (one job per atlas x image in the direct route, per atlas in
-# the template route) and fused per image; the template is labelled from the atlases
-# registered to it. With no atlases, `snakemake segmentation` gives Atropos tissue maps of
-# the template only. Logic lives in atlas/segmentation.py (job functions at its end).
+# Multi-atlas segmentation: config, atlas discovery (at parse time: a bad atlas stops the
+# run with one message) and input functions; the rules are in segment.smk. With no
+# atlases, `snakemake segmentation` gives Atropos tissue maps of the template only.
 import re
 from pathlib import Path
 
@@ -58,7 +55,6 @@ else:
 
 wildcard_constraints:
     atlas="|".join(map(re.escape, LABELLED.index)) if SEG_ON else "(?!)",
-    tissue="|".join(TISSUES),
 
 
 def atlas_file(atlas, name):
