@@ -33,7 +33,7 @@ DATA = ROOT.parent / "shared" / "data"
 
 def snakemake(config_path: Path, targets=(), cores: int = 2) -> None:
     cmd = [sys.executable, "-m", "snakemake", *targets, "--cores", str(cores)]
-    cmd += ["--configfile", str(config_path), "--quiet", "progress"]
+    cmd += ["--configfile", str(config_path), "--quiet", "progress", "--nolock"]
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
