@@ -19,6 +19,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/template.smk"
 include: "workflow/rules/segment.smk"
+include: "workflow/rules/learned.smk"
 
 
 rule all:
@@ -28,3 +29,4 @@ rule all:
         TEMPLATE_OUTPUTS.values(),
         subject_files("space-{tpl}_desc-preproc_T1w.nii.gz"),
         SEGMENT_TARGETS,
+        LEARNED_TARGETS if config["learned"]["enabled"] else [],

@@ -1,10 +1,8 @@
 """atlas.learn on real OASIS slices (../shared/data/oasis2d): a few subjects, short training.
 
-Fails (rather than skips) when the data are missing and the CI environment variable is set.
+Data come from the ``shared_data`` fixture (tests/conftest.py): missing data fail under CI
+and skip elsewhere.
 """
-
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,17 +13,10 @@ from atlas.learn import Cohort, LearnedAtlas, load_bids_cohort, train
 
 torch.set_num_threads(1)
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "oasis2d"
-
 
 @pytest.fixture(scope="module")
-def oasis():
-    if not (DATA / "participants.tsv").exists():
-        message = f"OASIS 2D data not found at {DATA}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return load_bids_cohort(DATA)
+def oasis(shared_data):
+    return load_bids_cohort(shared_data / "oasis2d")
 
 
 def test_loads_2d_cohort(oasis):

@@ -1,0 +1,182 @@
+# Learned age-conditional atlas (atlas.learn): training, AARN, atlases at ages exported
+# as TemplateFlow, one-pass registration of each image to the atlas of its age, and an
+# evaluation against the iterative template. Targets: LEARNED_TARGETS (in `all` when
+# learned.enabled). Checkpoints stay in WORK/learned/train (not a Snakemake output), so
+# a killed or failed training resumes when the rule reruns.
+
+
+include: "learned_common.smk"
+
+
+rule learned_train:
+    input:
+        unpack(learned_train_inputs),
+    output:
+        out_model=LEARNED["model"],
+        out_losses=LEARNED["losses"],
+        out_loss_curve=report(
+            LEARNED["loss_curve"],
+            caption=f"{REPORT}/learned_loss.rst",
+            category="Learned atlas",
+        ),
+    log:
+        f"{OUT}/logs/learned_train.log",
+    conda:
+        ENV
+    threads: config["threads_per_job"]
+    resources:
+        **learned_train_resources(),
+    params:
+        step="learn.jobs.train_atlas",
+        hyper=LCFG["train"],
+        checkpoint_dir=f"{LWORK}/train",
+        device=LEARNED_DEVICE,
+        age_units=LCFG["age_units"],
+        source="cohort" if FROM_COHORT else LCFG["source"],
+        image_suffix=LCFG["image_suffix"],
+        label_suffix=LCFG["label_suffix"],
+        ages=list(IMAGES.age) if FROM_COHORT else [],
+        sex=list(IMAGES.sex.astype(str)) if FROM_COHORT else None,
+        subjects=list(IMAGES.img) if FROM_COHORT else [],
+        threads=lambda w, threads: threads,
+    script:
+        RUN
+
+
+rule learned_aarn:
+    input:
+        affines=subject_files(f"from-T1w_to-{REF}_mode-image_xfm.mat"),
+    output:
+        out_aarn=f"{OUT}/learned/aarn.pt",
+        out_table=f"{OUT}/learned/aarn.tsv",
+    log:
+        f"{OUT}/logs/learned_aarn.log",
+    conda:
+        ENV
+    resources:
+        **job_resources(),
+    params:
+        step="learn.jobs.fit_age_affines",
+        ages=list(IMAGES.age),
+        sample_ages=LCFG["ages"],
+        age_units=LCFG["age_units"],
+        seed=LCFG["train"]["seed"],
+    script:
+        RUN
+
+
+rule learned_sample:
+    input:
+        **({"aarn": LEARNED["aarn"]} if USE_AARN else {}),
+        model=LEARNED["model"],
+    output:
+        **({"out_scaled": LEARNED["scaled"]} if USE_AARN else {}),
+        **({"out_labels": LEARNED["labels"]} if "labels" in LEARNED else {}),
+        out_description=LEARNED["description"],
+        out_atlases=LEARNED["atlases"],
+        out_montage=report(
+            LEARNED["montage"],
+            caption=f"{REPORT}/learned_montage.rst",
+            category="Learned atlas",
+        ),
+    log:
+        f"{OUT}/logs/learned_sample.log",
+    conda:
+        ENV
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources(),
+    params:
+        step="learn.jobs.sample_atlases",
+        ages=LCFG["ages"],
+        age_units=LCFG["age_units"],
+        name=LNAME,
+        res_label=LRES,
+        threads=lambda w, threads: threads,
+    script:
+        RUN
+
+
+rule learned_register:
+    input:
+        unpack(learned_label_inputs),
+        model=LEARNED["model"],
+        image=subject_path(f"space-{REF}_desc-preproc_T1w.nii.gz"),
+        mask=rules.reference.output.out_mask,
+    output:
+        **learned_label_output("learned"),
+        out_warped=subject_path(f"space-{LNAME}_desc-preproc_T1w.nii.gz"),
+        out_warp=subject_path(f"from-{REF}_to-{LNAME}_mode-image_xfm.nii.gz"),
+        out_inverse_warp=subject_path(f"from-{LNAME}_to-{REF}_mode-image_xfm.nii.gz"),
+        out_row=f"{LWORK}/eval/learned/{{subdir}}/{{img}}_metrics.tsv",
+    log:
+        f"{OUT}/logs/{{subdir}}/{{img}}_learned_register.log",
+    conda:
+        ENV
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources(),
+    params:
+        step="learn.jobs.register_subject",
+        img=lambda w: w.img,
+        age=lambda w: AGE[w.img],
+        age_units=LCFG["age_units"],
+        threads=lambda w, threads: threads,
+    script:
+        RUN
+
+
+rule learned_register_iterative:
+    input:
+        unpack(learned_label_inputs),
+        template=TEMPLATE_OUTPUTS["template"],
+        image=subject_path(f"space-{REF}_desc-preproc_T1w.nii.gz"),
+        mask=rules.reference.output.out_mask,
+    output:
+        **learned_label_output("iterative"),
+        out_warp=f"{LWORK}/eval/iterative/{{subdir}}/{{img}}_warp.nii.gz",
+        out_row=f"{LWORK}/eval/iterative/{{subdir}}/{{img}}_metrics.tsv",
+    log:
+        f"{OUT}/logs/{{subdir}}/{{img}}_learned_register_iterative.log",
+    conda:
+        ENV
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources(),
+    params:
+        step="learn.jobs.register_iterative",
+        img=lambda w: w.img,
+        age=lambda w: AGE[w.img],
+        params=dict(config["template"]["affine"], **config["template"]["syn"]),
+    script:
+        RUN
+
+
+rule learned_evaluation:
+    input:
+        mask=rules.reference.output.out_mask,
+        learned_rows=learned_eval_files("learned", "metrics.tsv"),
+        iterative_rows=learned_eval_files("iterative", "metrics.tsv"),
+        learned_warps=subject_files(f"from-{REF}_to-{LNAME}_mode-image_xfm.nii.gz"),
+        iterative_warps=learned_eval_files("iterative", "warp.nii.gz"),
+        learned_labels=learned_eval_files("learned", "dseg.nii.gz") if LABELS else [],
+        iterative_labels=(
+            learned_eval_files("iterative", "dseg.nii.gz") if LABELS else []
+        ),
+    output:
+        out_table=LEARNED.get("evaluation", f"{OUT}/group/desc-learned_evaluation.tsv"),
+        out_subjects=LEARNED.get(
+            "registration", f"{OUT}/group/desc-learnedregistration_table.tsv"
+        ),
+    log:
+        f"{OUT}/logs/learned_evaluation.log",
+    conda:
+        ENV
+    resources:
+        **job_resources(),
+    params:
+        step="learn.jobs.evaluation",
+        learned_name=LNAME,
+        iterative_name=TPL,
+    script:
+        RUN
