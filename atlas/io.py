@@ -80,6 +80,9 @@ def atomic_path(path):
     tmp = _tmp_sibling(path)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs are shared
         os.replace(tmp, path)
     finally:
         if tmp.exists():

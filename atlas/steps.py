@@ -133,8 +133,8 @@ def template_update(
     row = {
         "iteration": int(iteration),
         "stage": stage,
-        "mean_warp_mm": float(magnitude[m].mean()) if magnitude is not None else 0.0,
-        "max_warp_mm": float(magnitude[m].max()) if magnitude is not None else 0.0,
+        "mean_warp_mm": float(magnitude[m].mean()) if magnitude is not None else np.nan,
+        "max_warp_mm": float(magnitude[m].max()) if magnitude is not None else np.nan,
         "template_change": template_change(new, old, ants.image_read(str(mask))),
         "mean_ncc": float(np.mean([metrics.ncc(im.numpy(), old.numpy(), m) for im in images])),
     }

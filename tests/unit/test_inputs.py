@@ -132,3 +132,7 @@ def test_atomic_path_leaves_no_partial_file(tmp_path):
         raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert list(tmp_path.iterdir()) == [target]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+    assert target.stat().st_mode & 0o044  # readable by group/others under a usual umask
