@@ -1,129 +1,351 @@
 """Benchmark: multi-atlas segmentation on MICCAI 2012 (OASIS, Neuromorphometrics labels).
 
-Uses the challenge split of ``participants.tsv`` (``challenge_split``: ``train`` subjects are
-the atlases, ``test`` subjects the targets, session 1), resampled to ``--resolution`` mm, and
-compares
+Uses the challenge split of ``participants.tsv`` (``challenge_split``: the first
+``--n-atlases`` ``train`` subjects are the atlases, the first ``--n-targets`` ``test`` subjects
+the targets, session 1; manual labels in ``derivatives/manual``) at ``--resolution`` mm and
+compares, each with majority voting and joint label fusion (JLF),
 
-* our pipeline, direct route (:func:`atlas.segmentation.register_atlas` atlas->target, labels
-  propagated with ``genericLabel``, QC gate) fused by majority voting and by joint label
-  fusion (:func:`atlas.segmentation.segment_target`), and
-* the plain ANTsPy recipe: pairwise ``ants.registration(type_of_transform="SyN")`` with its
-  defaults, ``ants.apply_transforms``, then ``ants.joint_label_fusion`` with its defaults and
-  its own segmentation output.
+* this workflow, direct route (``segmentation.route: direct``): every atlas registered to every
+  target (SyN), labels propagated and fused;
+* this workflow, template route (``segmentation.route: template``): every atlas and every
+  target registered once to the population template, atlas->template composed with
+  template->target;
+* the plain ANTsPy recipe (JLF only): pairwise ``ants.registration(type_of_transform="SyN")``
+  with its defaults on the raw scans resampled to ``--resolution``, ``ants.apply_transforms``
+  (``genericLabel``), then ``ants.joint_label_fusion`` with its defaults (mask: non-zero
+  voxels of the target).
 
-It prints per-target and mean Dice (over the labels present in either map, at the benchmark
-resolution) and the wall time of each route, with the ratio ours / plain. Not a test; run from
-the project root, e.g.::
+Both workflow routes run the real Snakefile (``python -m snakemake <targets> --cores N
+--configfile <yaml> --nolock`` from the project root, one output_dir/work_dir per run under
+``--out``, logs in ``--out/logs``) with ``segmentation.evaluation.mode: split``, so the
+workflow itself preprocesses the scans, labels the test scans and writes the Dice tables
+(``group/desc-<fusion>summary_evaluation.tsv``, Dice on each test scan's preprocessed grid).
+The workflow's images (``bids_dir``) are the target scans, so the population template is
+theirs. Timing:
 
-    python -m benchmarks.segmentation_miccai2012 --resolution 3 --n-atlases 4 --n-targets 2
+* ``template-build``: the template alone (target ``tpl-atlas/tpl-atlas_res-<r>_T1w.nii.gz``:
+  reference, preprocessing, affine normalisation, SyGN iterations); shared with the rest of
+  the workflow, so reported separately. It is built once and hard-linked (mtimes kept) into
+  each template-route run, which then only runs the segmentation jobs
+  (``--rerun-triggers mtime``; the run fails if the template was rebuilt).
+* template route ``wall_s``: atlas and test-scan preprocessing, one registration per atlas and
+  per test scan to the template, fusion, scoring; ``wall_s_with_template`` adds the build.
+  In split evaluation the test scans are labelled scans registered to the template by the
+  segmentation rules, so this includes ``n_targets`` registrations that an ordinary run reuses
+  from the template build (subject_final): conservative for the template route.
+* direct route ``wall_s``: preprocessing, ``n_atlases x n_targets`` registrations, fusion,
+  scoring.
+* ``antspy-jlf``: the recipe over the targets in a pool of ``--cores`` worker processes (one ITK
+  thread each, like the workflow's jobs), including reading and resampling.
+
+Each workflow wall time is that of the whole snakemake process (parsing and job start-up
+included: seconds). Every route runs from scratch with fusion-specific outputs, so majority
+and JLF each pay for their own registrations. Prints one table (mean over targets of the
+mean Dice over all structures present in either map; wall times; Dice differences and
+speed-ups) and writes it, with the settings and per-target scores, to ``--out/benchmark.tsv``
+and ``--out/benchmark.json``. Goals: direct route Dice >= plain recipe; template route
+>= 5x faster than the direct route with mean Dice within 0.02. Not a test; run from the project
+root, e.g.::
+
+    python -m benchmarks.segmentation_miccai2012 --resolution 2 --cores 2 --out /tmp/bench_seg
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "miccai2012"
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "miccai2012"
+LABELS = "derivatives/manual"
+DESC = "neuromorphometrics"
+FUSIONS = ("majority", "jlf")
+ROUTES = ("direct", "template")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BIDS dataset root")
-    parser.add_argument("--resolution", type=float, default=3.0, help="isotropic voxel size, mm")
-    parser.add_argument("--n-atlases", type=int, default=4, help="train subjects used as atlases")
-    parser.add_argument("--n-targets", type=int, default=2, help="test subjects to label")
-    parser.add_argument("--threads", type=int, default=1, help="ITK threads")
-    parser.add_argument("--seed", type=int, default=42, help="ANTS_RANDOM_SEED")
+    parser.add_argument("--resolution", type=float, default=2.0, help="isotropic voxel size, mm")
+    parser.add_argument("--n-atlases", type=int, default=15, help="train subjects used as atlases")
+    parser.add_argument("--n-targets", type=int, default=20, help="test subjects to label")
+    parser.add_argument("--cores", type=int, default=2, help="snakemake --cores / plain workers")
+    parser.add_argument(
+        "--out", type=Path, default=Path("/tmp/bench_seg_miccai2012"), help="fresh output folder"
+    )
+    parser.add_argument(
+        "--template-iterations",
+        type=int,
+        nargs=2,
+        metavar=("AFFINE", "SYN"),
+        help="template.affine_iterations and syn_iterations (default: config/config.yaml)",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="workflow seed / ANTS_RANDOM_SEED")
     return parser.parse_args(argv)
+
+
+# --- plain ANTsPy recipe (runs in worker processes) ------------------------------------------
+
+_CACHE: dict = {}
+
+
+def _load(data: Path, label: str, resolution: float):
+    import ants
+
+    anat = f"sub-{label}/ses-1/anat/sub-{label}_ses-1"
+    t1w = ants.image_read(str(data / f"{anat}_T1w.nii.gz"))
+    dseg = ants.image_read(str(data / LABELS / f"{anat}_desc-{DESC}_dseg.nii.gz"))
+    t1w = ants.resample_image(t1w, (resolution,) * 3, use_voxels=False, interp_type=0)
+    dseg = ants.resample_image_to_target(dseg, t1w, interp_type="genericLabel")
+    return t1w, dseg
+
+
+def antspy_target(data: Path, atlases: list[str], target: str, resolution: float) -> dict:
+    """Plain recipe for one target; atlases are read once per worker process."""
+    import ants
+    import numpy as np
+
+    from atlas.metrics import mean_dice
+
+    start = time.perf_counter()
+    key = (str(data), tuple(atlases), resolution)
+    if key not in _CACHE:
+        _CACHE[key] = [_load(data, a, resolution) for a in atlases]
+    image, reference = _load(data, target, resolution)
+    mask = image.new_image_like((image.numpy() != 0).astype(np.float32))
+    warped_images, warped_labels = [], []
+    for atlas_image, atlas_dseg in _CACHE[key]:
+        reg = ants.registration(image, atlas_image, type_of_transform="SyN")
+        warped_images.append(reg["warpedmovout"])
+        warped_labels.append(
+            ants.apply_transforms(
+                image, atlas_dseg, reg["fwdtransforms"], interpolator="genericLabel"
+            )
+        )
+    jlf = ants.joint_label_fusion(image, mask, warped_images, label_list=warped_labels)
+
+    def as_labels(im):
+        return im.numpy().round().astype(np.int64)
+
+    return {
+        "target": f"sub-{target}_ses-1",
+        "dice": mean_dice(as_labels(jlf["segmentation"]), as_labels(reference)),
+        "target_s": time.perf_counter() - start,
+    }
+
+
+def run_antspy(args, atlases: list[str], targets: list[str]) -> tuple[float, pd.DataFrame]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    start = time.perf_counter()
+    with ProcessPoolExecutor(
+        max_workers=min(args.cores, len(targets)), mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        futures = [
+            pool.submit(antspy_target, args.data.resolve(), atlases, t, args.resolution)
+            for t in targets
+        ]
+        rows = [f.result() for f in futures]
+    return time.perf_counter() - start, pd.DataFrame(rows)
+
+
+# --- workflow routes --------------------------------------------------------------------------
+
+
+def workflow_config(args, run_dir: Path, route: str, fusion: str, atlases, targets) -> dict:
+    data = str(args.data.resolve())
+    cfg = {
+        "bids_dir": data,
+        "participant_label": targets,
+        "session": "first",
+        "output_dir": str(run_dir / "output"),
+        "work_dir": str(run_dir / "work"),
+        "resolution": args.resolution,
+        "threads_per_job": 1,
+        "seed": args.seed,
+        "segmentation": {
+            "atlases": {
+                "bids_dir": data,
+                "labels": LABELS,
+                "desc": DESC,
+                "participant_label": [*atlases, *targets],
+                "session": "1",
+            },
+            "route": route,
+            "fusion": fusion,
+            "probseg": False,
+            "evaluation": {
+                "mode": "split",
+                "split_column": "challenge_split",
+                "train": "train",
+                "test": "test",
+            },
+        },
+    }
+    if args.template_iterations:
+        cfg["template"] = dict(
+            zip(("affine_iterations", "syn_iterations"), args.template_iterations, strict=True)
+        )
+    return cfg
+
+
+def snakemake(args, name: str, cfg: dict, targets: list[str], extra=()) -> float:
+    """Run the Snakefile for ``targets``; returns the wall time in seconds."""
+    cfg_path = args.out / "configs" / f"{name}.yaml"
+    log_path = args.out / "logs" / f"{name}.log"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", *targets, "--cores", str(args.cores)]
+    cmd += ["--configfile", str(cfg_path), "--nolock", *extra]
+    env = os.environ | {"ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
+    start = time.perf_counter()
+    with log_path.open("w") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        tail = log_path.read_text()[-4000:]
+        sys.exit(f"snakemake run {name} failed (log {log_path}):\n{tail}")
+    return wall
+
+
+def link_tree(source: Path, dest: Path) -> None:
+    """Hard-link (copy where linking fails) a finished run; keeps mtimes for snakemake."""
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, dest, copy_function=link)
+
+
+def workflow_scores(run_dir: Path, fusion: str) -> pd.DataFrame:
+    summary = pd.read_csv(
+        run_dir / "output" / "group" / f"desc-{fusion}summary_evaluation.tsv", sep="\t"
+    )
+    return summary.rename(columns={"subject": "target", "mean_dice": "dice"})[["target", "dice"]]
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def summarise(walls: dict, scores: dict) -> pd.DataFrame:
+    order = [f"{r}-{f}" for r in ROUTES for f in FUSIONS] + ["antspy-jlf", "template-build"]
+    table = pd.DataFrame(index=pd.Index(order, name="route"))
+    table["mean_dice"] = pd.Series({k: v["dice"].mean() for k, v in scores.items()})
+    table["wall_s"] = pd.Series(walls)
+    build = walls["template-build"]
+    table["wall_s_with_template"] = table["wall_s"]
+    table.loc[[f"template-{f}" for f in FUSIONS], "wall_s_with_template"] += build
+    table.loc["template-build", "wall_s_with_template"] = float("nan")
+    table["dice_minus_antspy"] = table["mean_dice"] - table.loc["antspy-jlf", "mean_dice"]
+    for f in FUSIONS:
+        direct, tpl = table.loc[f"direct-{f}"], f"template-{f}"
+        table.loc[tpl, "dice_minus_direct"] = table.loc[tpl, "mean_dice"] - direct["mean_dice"]
+        table.loc[tpl, "speedup_vs_direct"] = direct["wall_s"] / table.loc[tpl, "wall_s"]
+        table.loc[tpl, "speedup_vs_direct_with_template"] = (
+            direct["wall_s"] / table.loc[tpl, "wall_s_with_template"]
+        )
+    table["wall_ratio_vs_antspy"] = table["wall_s"] / table.loc["antspy-jlf", "wall_s"]
+    table.loc["template-build", "wall_ratio_vs_antspy"] = float("nan")
+    return table
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    # ITK reads these when it first starts, so set them before importing ants.
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
+    # Inherited by the workflow jobs and the spawned ANTsPy workers (ITK reads them at start-up).
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
     os.environ["ANTS_RANDOM_SEED"] = str(args.seed)
-    import ants
-    import numpy as np
-    import pandas as pd
-
-    from atlas import segmentation as seg
-    from atlas.metrics import mean_dice
-
-    def load(subject: str) -> seg.Atlas:
-        anat = f"{subject}/ses-1/anat/{subject}_ses-1"
-        t1w = ants.image_read(str(args.data / f"{anat}_T1w.nii.gz"))
-        dseg = ants.image_read(
-            str(args.data / "derivatives/manual" / f"{anat}_desc-neuromorphometrics_dseg.nii.gz")
-        )
-        t1w = ants.resample_image(t1w, (args.resolution,) * 3, use_voxels=False, interp_type=0)
-        dseg = ants.resample_image_to_target(dseg, t1w, interp_type="genericLabel")
-        return seg.Atlas(subject, t1w, dseg)
-
-    def as_labels(image) -> np.ndarray:
-        return image.numpy().round().astype(np.int64)
+    args.out = args.out.resolve()
+    runs = ["template-build", *(f"{r}-{f}" for r in ROUTES for f in FUSIONS)]
+    if any((args.out / r).exists() for r in runs):
+        sys.exit(f"{args.out} holds runs of an earlier benchmark; give a fresh --out")
+    for sub in ("configs", "logs"):
+        (args.out / sub).mkdir(parents=True, exist_ok=True)
 
     participants = pd.read_csv(args.data / "participants.tsv", sep="\t")
     split = participants.groupby("challenge_split")["participant_id"].apply(list)
-    atlases = [load(s) for s in split["train"][: args.n_atlases]]
-    targets = [load(s) for s in split["test"][: args.n_targets]]
+    atlases = [s.removeprefix("sub-") for s in split["train"][: args.n_atlases]]
+    targets = [s.removeprefix("sub-") for s in split["test"][: args.n_targets]]
     print(
-        f"{len(atlases)} atlases -> {len(targets)} targets at {args.resolution} mm, "
-        f"{args.threads} thread(s); grid of first target {targets[0].image.shape}"
+        f"{len(atlases)} atlases -> {len(targets)} targets at {args.resolution:g} mm, "
+        f"--cores {args.cores} (1 ITK thread per job); output under {args.out}",
+        flush=True,
     )
 
-    rows = []
-    for target in targets:
-        reference = as_labels(target.dseg)
-        mask = target.image.new_image_like((target.image.numpy() != 0).astype(np.float32))
+    walls: dict[str, float] = {}
+    scores: dict[str, pd.DataFrame] = {}
+    res = f"{args.resolution:g}".replace(".", "p")
+    build_dir = args.out / "template-build"
+    template = build_dir / "output" / "tpl-atlas" / f"tpl-atlas_res-{res}_T1w.nii.gz"
+    cfg = workflow_config(args, build_dir, "template", "jlf", atlases, targets)
+    walls["template-build"] = snakemake(args, "template-build", cfg, [str(template)])
+    print(f"  template-build     {walls['template-build']:8.1f} s", flush=True)
 
-        start = time.perf_counter()
-        chains = [seg.register_atlas(target.image, a.image).forward for a in atlases]
-        registration_s = time.perf_counter() - start
-        for method in ("majority", "jlf"):
-            start = time.perf_counter()
-            result = seg.segment_target(
-                target.image, atlases, method=method, mask=mask, transforms=chains
-            )
-            rows.append(
-                {
-                    "target": target.subject,
-                    "route": f"ours-{method}",
-                    "dice": mean_dice(as_labels(result.dseg), reference),
-                    "seconds": registration_s + time.perf_counter() - start,
-                }
+    for route in ROUTES:
+        for fusion in FUSIONS:
+            name = f"{route}-{fusion}"
+            run_dir = args.out / name
+            cfg = workflow_config(args, run_dir, route, fusion, atlases, targets)
+            extra = ()
+            if route == "template":
+                link_tree(build_dir / "output", run_dir / "output")
+                link_tree(build_dir / "work", run_dir / "work")
+                extra = ("--rerun-triggers", "mtime")
+                linked = run_dir / template.relative_to(build_dir)
+                before = linked.stat().st_mtime
+            summary = run_dir / "output" / "group" / f"desc-{fusion}summary_evaluation.tsv"
+            walls[name] = snakemake(args, name, cfg, [str(summary)], extra)
+            if route == "template" and linked.stat().st_mtime != before:
+                sys.exit(f"{name}: the template was rebuilt, so its time is not comparable")
+            scores[name] = workflow_scores(run_dir, fusion)
+            print(
+                f"  {name:<18} {walls[name]:8.1f} s  mean Dice {scores[name]['dice'].mean():.3f}",
+                flush=True,
             )
 
-        start = time.perf_counter()
-        warped_images, warped_labels = [], []
-        for atlas in atlases:
-            reg = ants.registration(target.image, atlas.image, type_of_transform="SyN")
-            warped_images.append(reg["warpedmovout"])
-            warped_labels.append(
-                ants.apply_transforms(
-                    target.image, atlas.dseg, reg["fwdtransforms"], interpolator="genericLabel"
-                )
-            )
-        jlf = ants.joint_label_fusion(target.image, mask, warped_images, label_list=warped_labels)
-        rows.append(
+    walls["antspy-jlf"], scores["antspy-jlf"] = run_antspy(args, atlases, targets)
+    print(
+        f"  {'antspy-jlf':<18} {walls['antspy-jlf']:8.1f} s  "
+        f"mean Dice {scores['antspy-jlf']['dice'].mean():.3f}",
+        flush=True,
+    )
+
+    table = summarise(walls, scores)
+    pd.set_option("display.width", 200)
+    print()
+    print(table.round(3).to_string())
+    per_target = pd.concat(
+        [s.assign(route=k)[["route", "target", "dice"]] for k, s in scores.items()],
+        ignore_index=True,
+    )
+    table.to_csv(args.out / "benchmark.tsv", sep="\t", na_rep="n/a")
+    per_target.to_csv(args.out / "benchmark_targets.tsv", sep="\t", index=False)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()} | {
+        "atlases": atlases,
+        "targets": targets,
+    }
+    (args.out / "benchmark.json").write_text(
+        json.dumps(
             {
-                "target": target.subject,
-                "route": "antspy-jlf",
-                "dice": mean_dice(as_labels(jlf["segmentation"]), reference),
-                "seconds": time.perf_counter() - start,
-            }
+                "settings": settings,
+                "table": json.loads(table.reset_index().to_json(orient="records")),
+                "per_target": per_target.to_dict(orient="records"),
+            },
+            indent=2,
         )
-        for row in rows[-3:]:
-            print(f"  {row['target']} {row['route']:<13} Dice {row['dice']:.3f}", end=" ")
-            print(f"{row['seconds']:.1f} s")
-
-    results = pd.DataFrame(rows)
-    summary = results.groupby("route", sort=False).agg(
-        mean_dice=("dice", "mean"), wall_s=("seconds", "sum")
     )
-    summary["time_ratio_vs_antspy"] = summary["wall_s"] / summary.loc["antspy-jlf", "wall_s"]
-    print(summary.round(3).to_string())
+    print(f"\nwritten: {args.out / 'benchmark.tsv'}, {args.out / 'benchmark.json'}")
 
 
 if __name__ == "__main__":
