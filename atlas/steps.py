@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import io, metrics, qc
 from .demo import mni152_path
-from .preprocess import preprocess_t1w
+from .preprocess import foreground_mask, preprocess_t1w
 from .registration import jacobian_determinant_image, register
 from .template import average_images, reference_grid, shape_update, sharpen, template_change
 
@@ -110,7 +110,6 @@ def template_register(template, image, initial_affine, out_affine, out_warped, p
 
 def template_update(
     template,
-    mask,
     warped,
     affines,
     warps,
@@ -122,9 +121,14 @@ def template_update(
     gradient_step,
     do_sharpen,
 ):
-    """Average, shape update and sharpening of iteration k, plus its convergence row."""
+    """Average, shape update and sharpening of iteration k, plus its convergence row.
+
+    Measures are taken inside the foreground of template_k: the template takes the
+    cohort's mean size, so the reference's brain mask no longer fits it.
+    """
     old = ants.image_read(str(template))
-    m = ants.image_read(str(mask)).numpy() > 0
+    fg = foreground_mask(old)
+    m = fg.numpy() > 0
     images = [ants.image_read(str(p)) for p in warped]
     avg = average_images(images, average)
     new, magnitude = shape_update(avg, affines, warps or None, gradient_step)
@@ -135,7 +139,7 @@ def template_update(
         "stage": stage,
         "mean_warp_mm": float(magnitude[m].mean()) if magnitude is not None else np.nan,
         "max_warp_mm": float(magnitude[m].max()) if magnitude is not None else np.nan,
-        "template_change": template_change(new, old, ants.image_read(str(mask))),
+        "template_change": template_change(new, old, fg),
         "mean_ncc": float(np.mean([metrics.ncc(im.numpy(), old.numpy(), m) for im in images])),
     }
     io.write_image(new, out_template)
@@ -144,26 +148,32 @@ def template_update(
 
 def subject_final(
     template,
-    mask,
     affine,
     warp,
     inverse_warp,
-    warped,
     image,
+    mask,
     out_affine,
     out_warp,
     out_inverse_warp,
     out_warped,
+    out_mask,
     out_row,
     img,
 ):
-    """Copy one subject's final transforms under BIDS names and measure its registration."""
+    """Copy one subject's final transforms under BIDS names, resample its image and brain
+    mask into the template and measure the registration inside the template foreground."""
     for src, dst in ((affine, out_affine), (warp, out_warp), (inverse_warp, out_inverse_warp)):
         io.copy_file(src, dst)
     tpl = ants.image_read(str(template))
-    m = ants.image_read(str(mask)).numpy() > 0
-    moved = ants.apply_transforms(tpl, ants.image_read(str(image)), [str(warp), str(affine)])
+    m = foreground_mask(tpl).numpy() > 0
+    transforms = [str(warp), str(affine)]
+    moved = ants.apply_transforms(tpl, ants.image_read(str(image)), transforms)
     io.write_image(moved, out_warped)
+    moved_mask = ants.apply_transforms(
+        tpl, ants.image_read(str(mask)), transforms, interpolator="genericLabel"
+    )
+    io.write_image(moved_mask, out_mask)
     det = jacobian_determinant_image(tpl, warp).numpy()
     jac = metrics.jacobian_stats(det, m)
     row = {
@@ -191,7 +201,7 @@ def software_versions() -> dict:
 
 def template_final(
     templates,
-    template_mask,
+    masks,
     subject_rows,
     convergence_rows,
     warped,
@@ -209,7 +219,9 @@ def template_final(
     """
     final = ants.image_read(str(templates[-1]))
     io.write_image(final, out["template"])
-    io.copy_file(template_mask, out["mask"])
+    # brain mask: voxels inside at least half of the subjects' warped brain masks
+    mask_mean = np.mean([ants.image_read(str(p)).numpy() > 0 for p in masks], axis=0)
+    io.write_image(final.new_image_like((mask_mean >= 0.5).astype("float32")), out["mask"])
     conv = pd.concat([pd.read_csv(p, sep="\t") for p in convergence_rows], ignore_index=True)
     subj = pd.concat([pd.read_csv(p, sep="\t") for p in subject_rows], ignore_index=True)
     subj = participants[["img", "subject", "session", "age", "sex"]].merge(subj, on="img")

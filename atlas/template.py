@@ -132,9 +132,11 @@ def shape_update(
         return template, magnitude
 
 
-def sharpen(template: ants.ANTsImage) -> ants.ANTsImage:
-    """Laplacian sharpening (ANTs ``ImageMath Sharpen``), as the ANTs template script does."""
-    return ants.iMath(template, "Sharpen")
+def sharpen(template: ants.ANTsImage, weight: float = 0.25) -> ants.ANTsImage:
+    """Laplacian sharpening (ANTs ``ImageMath Sharpen``) blended with the template:
+    ``(1 - weight) * T + weight * Sharpen(T)``; weight 0.25 is ``ants.build_template``'s
+    default (``blending_weight=0.75``), 1.0 the full sharpening of the ANTs script."""
+    return template * (1.0 - weight) + ants.iMath(template, "Sharpen") * weight
 
 
 def template_change(new: ants.ANTsImage, old: ants.ANTsImage, mask=None) -> float:

@@ -17,3 +17,32 @@ def shared_data() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return SHARED_DATA
+
+
+def _run_workflow(workdir: Path, config: dict, targets=(), check: bool = True):
+    """Run the Snakefile with ``config`` (merged over config/config.yaml) on 2 cores.
+
+    The config is written to ``workdir/config.yaml``; targets go before ``--configfile``
+    (which takes several values). ``check`` fails the test on a non-zero exit, showing
+    the end of Snakemake's output.
+    """
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = Path(workdir) / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", *map(str, targets), "--cores", "2", "--nolock"]
+    proc = subprocess.run(
+        cmd + ["--configfile", str(cfg)], cwd=ROOT, capture_output=True, text=True
+    )
+    if check and proc.returncode:
+        pytest.fail(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def run_workflow():
+    """The function :func:`_run_workflow`, for integration tests."""
+    return _run_workflow

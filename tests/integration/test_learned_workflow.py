@@ -3,21 +3,16 @@
 DLMUSE labels (derivatives/dlmuse, silver standard) give the evaluation's Dice."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import ants
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from atlas import metrics
 from atlas.learn import LearnedAtlas
 
-ROOT = Path(__file__).resolve().parents[2]
 SUBJECTS = ["IXI012", "IXI013", "IXI014"]
 AGES = [30, 45, 60]
 REF = "MNI152NLin2009aSym"
@@ -32,18 +27,8 @@ TRAIN = {
 }
 
 
-def run_workflow(tmp, config, targets=()):
-    cfg = tmp / "config.yaml"
-    cfg.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--configfile", str(cfg)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode:
-        pytest.fail(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
-def learned_run(shared_data, tmp_path_factory):
+def learned_run(shared_data, tmp_path_factory, run_workflow):
     tmp = tmp_path_factory.mktemp("learned")
     colin = shared_data / "templates" / "tpl-Colin27"
     config = {
@@ -156,7 +141,7 @@ def test_evaluation_compares_both_methods(learned_run):
     assert (subjects.ncc > subjects.ncc_unregistered).all()
 
 
-def test_raising_steps_resumes_from_the_checkpoint(learned_run):
+def test_raising_steps_resumes_from_the_checkpoint(learned_run, run_workflow):
     """The checkpoint folder is no Snakemake output: more steps continue the training."""
     tmp, config = learned_run
     config["learned"]["train"] = dict(TRAIN, steps=TRAIN["steps"] + 10)

@@ -10,19 +10,12 @@ Fails (rather than skips) when ../shared/data is missing and the CI environment 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TARGETS = ["OAS10040", "OAS10091"]  # challenge test split, ages 38 and 18
 ATLASES = ["OAS10061", "OAS10080", "OAS10092"]  # challenge train split
 
@@ -39,12 +32,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def run(shared_data, tmp_path_factory):
+def run(shared_data, tmp_path_factory, run_workflow):
     """Run the workflow once for all tests of this module; returns (output dir, data root)."""
     data = (shared_data / "miccai2012").resolve()
-    if not (data / "participants.tsv").is_file():
-        msg = f"MICCAI 2012 dataset missing under {shared_data}"
-        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
     tmp = tmp_path_factory.mktemp("segment")
     cfg = {
         "bids_dir": str(data),
@@ -69,19 +59,9 @@ def run(shared_data, tmp_path_factory):
             "evaluation": {"mode": "loo"},
         },
     }
-    cfg_path = tmp / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
     start = time.perf_counter()
-    proc = subprocess.run(
-        [*SNAKEMAKE, "--cores", "2", "--nolock", "--configfile", str(cfg_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    wall = time.perf_counter() - start
-    print(f"workflow wall time {wall:.0f} s")
-    if proc.returncode:
-        pytest.fail(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    run_workflow(tmp, cfg)
+    print(f"workflow wall time {time.perf_counter() - start:.0f} s")
     return tmp / "out", data
 
 

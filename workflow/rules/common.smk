@@ -109,7 +109,6 @@ def update_inputs(w):
     imgs = list(IMAGES.img)
     return {
         "template": iter_path(k, "template_T1w.nii.gz"),
-        "mask": rules.reference.output.out_mask,
         "warped": [iter_path(k, f"{i}_warped.nii.gz") for i in imgs],
         "affines": [iter_path(k, f"{i}_affine.mat") for i in imgs],
         "warps": (

@@ -87,12 +87,11 @@ LAST = N_ITER - 1
 rule subject_final:
     input:
         template=iter_path(N_ITER, "template_T1w.nii.gz"),
-        mask=rules.reference.output.out_mask,
         affine=iter_path(LAST, "{img}_affine.mat"),
         warp=iter_path(LAST, "{img}_warp.nii.gz"),
         inverse_warp=iter_path(LAST, "{img}_inverse-warp.nii.gz"),
-        warped=iter_path(LAST, "{img}_warped.nii.gz"),
         image=rules.preprocess.output.out_image,
+        mask=rules.preprocess.output.out_mask,
     output:
         out_affine=subject_path(f"from-T1w_to-{TPL}_mode-image_desc-affine_xfm.mat"),
         out_warp=subject_path(f"from-T1w_to-{TPL}_mode-image_desc-warp_xfm.nii.gz"),
@@ -100,6 +99,7 @@ rule subject_final:
             f"from-{TPL}_to-T1w_mode-image_desc-warp_xfm.nii.gz"
         ),
         out_warped=subject_path(f"space-{TPL}_desc-preproc_T1w.nii.gz"),
+        out_mask=subject_path(f"space-{TPL}_desc-brain_mask.nii.gz"),
         out_row=f"{WORK}/template/final/{{subdir}}/{{img}}_metrics.tsv",
     log:
         f"{OUT}/logs/{{subdir}}/{{img}}_template_final.log",
@@ -134,7 +134,7 @@ REPORT = "../report"
 rule template_final:
     input:
         templates=[iter_path(k, "template_T1w.nii.gz") for k in range(N_ITER + 1)],
-        template_mask=rules.reference.output.out_mask,
+        masks=subject_files("space-{tpl}_desc-brain_mask.nii.gz"),
         subject_rows=[
             f"{WORK}/template/final/{SUBDIR[i]}/{i}_metrics.tsv" for i in IMAGES.img
         ],
