@@ -46,3 +46,26 @@ def _run_workflow(workdir: Path, config: dict, targets=(), check: bool = True):
 def run_workflow():
     """The function :func:`_run_workflow`, for integration tests."""
     return _run_workflow
+
+
+@pytest.fixture(scope="session")
+def ixi_config(shared_data):
+    """Config for 3 real IXI subjects (2 mm, with skull, stripped with Colin27) at 4 mm with
+    1 affine + 1 SyN template iteration; call it with the run folder, update as needed."""
+
+    def make(tmp: Path) -> dict:
+        colin = shared_data / "templates" / "tpl-Colin27"
+        return {
+            "bids_dir": str(shared_data / "ixi"),
+            "participant_label": ["IXI012", "IXI013", "IXI014"],
+            "output_dir": str(tmp / "out"),
+            "work_dir": str(tmp / "work"),
+            "resolution": 4.0,
+            "skull_strip_template": {
+                "head": str(colin / "tpl-Colin27_res-1_T1w.nii.gz"),
+                "mask": str(colin / "tpl-Colin27_res-1_desc-brain_mask.nii.gz"),
+            },
+            "template": {"name": "test", "affine_iterations": 1, "syn_iterations": 1},
+        }
+
+    return make

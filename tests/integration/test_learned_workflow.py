@@ -28,20 +28,10 @@ TRAIN = {
 
 
 @pytest.fixture(scope="module")
-def learned_run(shared_data, tmp_path_factory, run_workflow):
+def learned_run(ixi_config, tmp_path_factory, run_workflow):
     tmp = tmp_path_factory.mktemp("learned")
-    colin = shared_data / "templates" / "tpl-Colin27"
-    config = {
-        "bids_dir": str(shared_data / "ixi"),
-        "participant_label": SUBJECTS,
-        "output_dir": str(tmp / "out"),
-        "work_dir": str(tmp / "work"),
-        "resolution": 4.0,
-        "skull_strip_template": {
-            "head": str(colin / "tpl-Colin27_res-1_T1w.nii.gz"),
-            "mask": str(colin / "tpl-Colin27_res-1_desc-brain_mask.nii.gz"),
-        },
-        "template": {"name": "test", "affine_iterations": 1, "syn_iterations": 1},
+    config = ixi_config(tmp)
+    config |= {
         "learned": {
             "enabled": True,
             "name": "test",

@@ -9,30 +9,13 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def ixi_run(shared_data, tmp_path_factory, run_workflow):
+def ixi_run(ixi_config, tmp_path_factory, run_workflow):
     """3 real IXI subjects (2 mm, with skull) -> template at 4 mm, 1 affine + 1 SyN iteration."""
     tmp = tmp_path_factory.mktemp("ixi")
-    colin = shared_data / "templates" / "tpl-Colin27"
-    config = {
-        "bids_dir": str(shared_data / "ixi"),
-        "participant_label": ["IXI012", "IXI013", "IXI014"],
-        "output_dir": str(tmp / "out"),
-        "work_dir": str(tmp / "work"),
-        "resolution": 4.0,
-        "skull_strip": "auto",
-        "skull_strip_template": {
-            "head": str(colin / "tpl-Colin27_res-1_T1w.nii.gz"),
-            "mask": str(colin / "tpl-Colin27_res-1_desc-brain_mask.nii.gz"),
-        },
-        # no sharpening: the convergence table's subject-to-template NCC then compares
-        # the affine and SyN stages against templates made the same way
-        "template": {
-            "name": "test",
-            "affine_iterations": 1,
-            "syn_iterations": 1,
-            "sharpen": False,
-        },
-    }
+    config = ixi_config(tmp)
+    # no sharpening: the convergence table's subject-to-template NCC then compares the
+    # affine and SyN stages against templates made the same way
+    config["template"]["sharpen"] = False
     run_workflow(tmp, config)
     return tmp / "out"
 
