@@ -121,17 +121,6 @@ def register(
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def forward_transforms(affine, warp=None) -> list[str]:
-    """Transform list mapping template points to subject points: ``[warp, affine]``."""
-    return ([str(warp)] if warp else []) + [str(affine)]
-
-
-def inverse_transforms(affine, inverse_warp=None) -> tuple[list[str], list[bool]]:
-    """Transform list and ``whichtoinvert`` flags mapping subject points to template points."""
-    tx = [str(affine)] + ([str(inverse_warp)] if inverse_warp else [])
-    return tx, [True] + [False] * (len(tx) - 1)
-
-
 def jacobian_determinant_image(domain: ants.ANTsImage, warp) -> ants.ANTsImage:
     """Jacobian determinant of a displacement field file on ``domain``'s grid (ANTs
     ``CreateJacobianDeterminantImage``); 1 = volume kept, <= 0 = folding."""
