@@ -27,6 +27,33 @@ log = logging.getLogger(__name__)
 MNI_ID = "MNI152NLin2009aSym"
 
 
+def reference_space(reference: str) -> str:
+    """BIDS ``space-`` label of the affine normalisation reference (config key ``reference``).
+
+    ``MNI152NLin2009aSym`` and ``cohort`` (rigid to it) give ``MNI152NLin2009aSym``; a path
+    gives its TemplateFlow ``tpl-<label>`` entity and ``cohort-<label>`` if present (e.g.
+    ``tpl-UNCBCP4DInfant_cohort-12_T1w.nii.gz`` -> ``UNCBCP4DInfantcohort12``), otherwise the
+    letters and digits of the file name without extensions (e.g. ``my_ref.nii.gz`` ->
+    ``myref``).
+
+    Raises
+    ------
+    ValueError if the path's name has no letter or digit.
+    """
+    if reference in (MNI_ID, "cohort"):
+        return MNI_ID
+    name = Path(reference).name.split(".")[0]
+    entities = dict(e.split("-", 1) for e in name.split("_") if "-" in e)
+    if "tpl" in entities:
+        label = entities["tpl"] + ("cohort" + entities["cohort"] if "cohort" in entities else "")
+    else:
+        label = name
+    label = "".join(c for c in label if c.isalnum())
+    if not label:
+        raise ValueError(f"config key reference: no space label in the file name {reference!r}")
+    return label
+
+
 def reference(out_image, out_mask, reference, reference_mask, resolution, margin_mm):
     """Reference image and brain mask on the template grid (``resolution`` mm)."""
     path = mni152_path() if reference in (MNI_ID, "cohort") else Path(reference)

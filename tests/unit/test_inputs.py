@@ -136,3 +136,15 @@ def test_atomic_path_leaves_no_partial_file(tmp_path):
         tmp.write_text("new")
     assert target.read_text() == "new"
     assert target.stat().st_mode & 0o044  # readable by group/others under a usual umask
+
+
+def test_reference_space_labels():
+    from atlas.steps import reference_space
+
+    assert reference_space("MNI152NLin2009aSym") == "MNI152NLin2009aSym"
+    assert reference_space("cohort") == "MNI152NLin2009aSym"
+    tpl = "/x/tpl-UNCBCP4DInfant_cohort-12_desc-brain_T1w.nii.gz"
+    assert reference_space(tpl) == "UNCBCP4DInfantcohort12"
+    assert reference_space("/data/my_ref.nii.gz") == "myref"
+    with pytest.raises(ValueError, match="reference"):
+        reference_space("/data/__.nii.gz")

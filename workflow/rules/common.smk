@@ -5,11 +5,12 @@ import sys
 from atlas.bids import find_t1w, validate_images
 from atlas.demo import make_demo_bids
 from atlas.io import InputError
+from atlas.steps import reference_space
 
 OUT = config["output_dir"]
 WORK = config["work_dir"]
 TPL = config["template"]["name"]
-REF = "MNI152NLin2009aSym"
+REF = reference_space(config["reference"])  # space- label of the normalised images
 RES = f"{config['resolution']:g}".replace(".", "p")
 N_AFFINE = config["template"]["affine_iterations"]
 N_SYN = config["template"]["syn_iterations"]

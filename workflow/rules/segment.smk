@@ -262,7 +262,9 @@ rule segment_evaluate:
     resources:
         **job_resources(),
     params:
-        **FUSION,
+        min_ncc=FUSION["min_ncc"],
+        min_atlases=FUSION["min_atlases"],
+        methods=EVAL_METHODS,
         step=SEG_STEP.format("evaluate_fold"),
         name=lambda w: w.atlas,
         atlas_ids=lambda w: eval_atlases(w.atlas),

@@ -83,10 +83,12 @@ SEG_GROUP = {
     "qc": f"{OUT}/group/desc-{METHOD}_segmentationqc.tsv",
     "fig": f"{FIG}/desc-{METHOD}_volumesage.png",
 }
+# Evaluation scores every method of segmentation.evaluation.methods (default: the fusion).
+EVAL_METHODS = SEG["evaluation"].get("methods") or [METHOD]
 SEG_EVAL = {
-    "table": f"{OUT}/group/desc-{METHOD}_evaluation.tsv",
-    "summary": f"{OUT}/group/desc-{METHOD}summary_evaluation.tsv",
-    "fig": f"{FIG}/desc-{METHOD}_evaluation.png",
+    "table": f"{OUT}/group/desc-fusion_evaluation.tsv",
+    "summary": f"{OUT}/group/desc-fusionsummary_evaluation.tsv",
+    "fig": f"{FIG}/desc-fusion_evaluation.png",
 }
 PROBSEG = [f"label-{t}_desc-{METHOD}_probseg.nii.gz" for t in TISSUES]
 PREPROCESS_KW = {
