@@ -1,8 +1,9 @@
 """Benchmark: multi-atlas segmentation on MICCAI 2012 (OASIS, Neuromorphometrics labels).
 
 Uses the challenge split of ``participants.tsv`` (``challenge_split``: the first
-``--n-atlases`` ``train`` subjects are the atlases, the first ``--n-targets`` ``test`` subjects
-the targets, session 1; manual labels in ``derivatives/manual``) at ``--resolution`` mm and
+``--n-atlases`` ``train`` subjects are the atlases, every session of the first ``--n-targets``
+``test`` subjects the target scans: by default 15 atlases -> 20 scans, 5 of them rescans;
+manual labels in ``derivatives/manual``) at ``--resolution`` mm and
 compares, each with majority voting and joint label fusion (JLF),
 
 * this workflow, direct route (``segmentation.route: direct``): every atlas registered to every
@@ -35,7 +36,13 @@ direct route; one per atlas and per test scan in the template route), propagatio
 with both methods and scoring. In split evaluation the test scans are labelled scans
 registered to the template by the segmentation rules, so the template route includes
 ``n_targets`` registrations that an ordinary run reuses from the template build (subject_final):
-conservative for the template route. ``wall_s_end_to_end`` adds ``prepare`` (and, for the
+conservative for the template route. The template route's registrations run first as their
+own call (``template-registrations``, included in its ``wall_s``). Each route's run fuses with
+both methods, so per method the table also gives ``job_s_per_scan``: job seconds per scan of
+that method alone (propagation, including the registrations in the direct route, plus its
+fusion, as timed inside the evaluation jobs; the template route adds its registration wall x
+cores / scans; ANTsPy: its per-target time), and ``speedup_per_scan`` from it.
+``wall_s_end_to_end`` adds ``prepare`` (and, for the
 template route, ``template-build``). ``antspy-jlf`` is the plain recipe over the targets in a
 pool of ``--cores`` worker processes (one ITK thread each, like the workflow's jobs), reading
 and resampling included. Workflow wall times are those of the whole snakemake process
@@ -78,7 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BIDS dataset root")
     parser.add_argument("--resolution", type=float, default=2.0, help="isotropic voxel size, mm")
     parser.add_argument("--n-atlases", type=int, default=15, help="train subjects used as atlases")
-    parser.add_argument("--n-targets", type=int, default=20, help="test subjects to label")
+    parser.add_argument(
+        "--n-targets", type=int, default=15, help="test subjects whose scans are labelled"
+    )
     parser.add_argument("--cores", type=int, default=2, help="snakemake --cores / plain workers")
     parser.add_argument(
         "--out", type=Path, default=Path("/tmp/bench_seg_miccai2012"), help="fresh output folder"
@@ -99,10 +108,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 _CACHE: dict = {}
 
 
-def _load(data: Path, label: str, resolution: float):
+def scans(data: Path, subjects: list[str]) -> list[str]:
+    """Image ids ``sub-<label>_ses-<session>`` of every labelled session of ``subjects``."""
+    return [
+        f"sub-{s}_{ses.name}"
+        for s in subjects
+        for ses in sorted((data / LABELS / f"sub-{s}").glob("ses-*"))
+    ]
+
+
+def _load(data: Path, scan: str, resolution: float):
     import ants
 
-    anat = f"sub-{label}/ses-1/anat/sub-{label}_ses-1"
+    subject, session = scan.split("_")
+    anat = f"{subject}/{session}/anat/{scan}"
     t1w = ants.image_read(str(data / f"{anat}_T1w.nii.gz"))
     dseg = ants.image_read(str(data / LABELS / f"{anat}_desc-{DESC}_dseg.nii.gz"))
     t1w = ants.resample_image(t1w, (resolution,) * 3, use_voxels=False, interp_type=0)
@@ -138,7 +157,7 @@ def antspy_target(data: Path, atlases: list[str], target: str, resolution: float
         return im.numpy().round().astype(np.int64)
 
     return {
-        "target": f"sub-{target}_ses-1",
+        "target": target,
         "dice": mean_dice(as_labels(jlf["segmentation"]), as_labels(reference)),
         "target_s": time.perf_counter() - start,
     }
@@ -168,7 +187,7 @@ def workflow_config(args, run_dir: Path, route: str, atlases, targets) -> dict:
     cfg = {
         "bids_dir": data,
         "participant_label": targets,
-        "session": "first",
+        "session": "all",
         "output_dir": str(run_dir / "output"),
         "work_dir": str(run_dir / "work"),
         "resolution": args.resolution,
@@ -180,7 +199,7 @@ def workflow_config(args, run_dir: Path, route: str, atlases, targets) -> dict:
                 "labels": LABELS,
                 "desc": DESC,
                 "participant_label": [*atlases, *targets],
-                "session": "1",
+                "session": "all",
             },
             "route": route,
             "fusion": "jlf",
@@ -232,23 +251,35 @@ def link_tree(source: Path, dest: Path) -> None:
 
 
 def workflow_scores(run_dir: Path) -> dict[str, pd.DataFrame]:
-    """Per-target mean Dice of each fusion method of a route's split evaluation."""
+    """Per-target mean Dice and job seconds (propagation, fusion) of each fusion method of a
+    route's split evaluation."""
     summary = pd.read_csv(
         run_dir / "output" / "group" / "desc-fusionsummary_evaluation.tsv", sep="\t"
     ).rename(columns={"subject": "target", "mean_dice": "dice"})
-    return {f: summary.loc[summary["method"] == f, ["target", "dice"]] for f in FUSIONS}
+    columns = ["target", "dice", "propagation_s", "fusion_s"]
+    return {f: summary.loc[summary["method"] == f, columns] for f in FUSIONS}
 
 
 # --- main -------------------------------------------------------------------------------------
 
 
-def summarise(walls: dict, scores: dict) -> pd.DataFrame:
+def summarise(walls: dict, scores: dict, cores: int) -> pd.DataFrame:
     runs = [f"{r}-{f}" for r in ROUTES for f in FUSIONS]
     table = pd.DataFrame(index=pd.Index([*runs, "antspy-jlf", *SHARED], name="route"))
     table["mean_dice"] = pd.Series({k: v["dice"].mean() for k, v in scores.items()})
     table["wall_s"] = pd.Series(
         {k: walls[k.split("-")[0]] for k in runs} | {k: walls[k] for k in ("antspy-jlf", *SHARED)}
     )
+    # Job seconds per scan of one fusion method alone: propagation (with the registrations in
+    # the direct route) + that fusion; the template route adds its share of the atlas/scan ->
+    # template registrations (wall x cores / scans).
+    for k in runs:
+        per_scan = scores[k]["propagation_s"] + scores[k]["fusion_s"]
+        table.loc[k, "job_s_per_scan"] = per_scan.mean()
+        table.loc[k, "fusion_s_per_scan"] = scores[k]["fusion_s"].mean()
+    table.loc["antspy-jlf", "job_s_per_scan"] = scores["antspy-jlf"]["target_s"].mean()
+    shared_registrations = walls["template-registrations"] * cores / len(scores[runs[0]])
+    table.loc[[f"template-{f}" for f in FUSIONS], "job_s_per_scan"] += shared_registrations
     table["wall_s_end_to_end"] = table["wall_s"]
     table.loc[runs, "wall_s_end_to_end"] += walls["prepare"]
     table.loc[[f"template-{f}" for f in FUSIONS], "wall_s_end_to_end"] += walls["template-build"]
@@ -258,6 +289,9 @@ def summarise(walls: dict, scores: dict) -> pd.DataFrame:
         direct, tpl = table.loc[f"direct-{f}"], f"template-{f}"
         table.loc[tpl, "dice_minus_direct"] = table.loc[tpl, "mean_dice"] - direct["mean_dice"]
         table.loc[tpl, "speedup_vs_direct"] = direct["wall_s"] / table.loc[tpl, "wall_s"]
+        table.loc[tpl, "speedup_per_scan"] = (
+            direct["job_s_per_scan"] / table.loc[tpl, "job_s_per_scan"]
+        )
         table.loc[tpl, "speedup_vs_direct_end_to_end"] = (
             direct["wall_s_end_to_end"] / table.loc[tpl, "wall_s_end_to_end"]
         )
@@ -285,7 +319,8 @@ def main(argv=None) -> None:
     atlases = [s.removeprefix("sub-") for s in split["train"][: args.n_atlases]]
     targets = [s.removeprefix("sub-") for s in split["test"][: args.n_targets]]
     print(
-        f"{len(atlases)} atlases -> {len(targets)} targets at {args.resolution:g} mm, "
+        f"{len(atlases)} atlases -> {len(scans(args.data, targets))} scans of {len(targets)} "
+        f"test subjects at {args.resolution:g} mm, "
         f"--cores {args.cores} (1 ITK thread per job); output under {args.out}",
         flush=True,
     )
@@ -296,8 +331,8 @@ def main(argv=None) -> None:
     base = args.out / "base"
     template = base / "output" / "tpl-atlas" / f"tpl-atlas_res-{res}_T1w.nii.gz"
     prepared = [
-        base / "work" / "segmentation" / "atlases" / f"sub-{s}_ses-1_desc-preproc_T1w.nii.gz"
-        for s in [*atlases, *targets]
+        base / "work" / "segmentation" / "atlases" / f"{scan}_desc-preproc_T1w.nii.gz"
+        for scan in scans(args.data, [*atlases, *targets])
     ]
     cfg = workflow_config(args, base, "template", atlases, targets)
     for name, files in (("prepare", prepared), ("template-build", [template])):
@@ -313,7 +348,16 @@ def main(argv=None) -> None:
         cfg = workflow_config(args, run_dir, route, atlases, targets)
         summary = run_dir / "output" / "group" / "desc-fusionsummary_evaluation.tsv"
         extra = ("--rerun-triggers", "mtime")
-        walls[route] = snakemake(args, route, cfg, [str(summary)], extra)
+        walls[route] = 0.0
+        if route == "template":  # atlas and test-scan -> template registrations, timed apart
+            registrations = [
+                str(run_dir / "work" / "segmentation" / "template" / f"{scan}_affine.mat")
+                for scan in scans(args.data, [*atlases, *targets])
+            ]
+            name = "template-registrations"
+            walls[name] = snakemake(args, name, cfg, registrations, extra)
+            walls[route] = walls[name]
+        walls[route] += snakemake(args, route, cfg, [str(summary)], extra)
         if [f.stat().st_mtime for f in shared] != before:
             sys.exit(f"{route}: shared work was redone, so its time is not comparable")
         for fusion, table in workflow_scores(run_dir).items():
@@ -324,14 +368,16 @@ def main(argv=None) -> None:
                 flush=True,
             )
 
-    walls["antspy-jlf"], scores["antspy-jlf"] = run_antspy(args, atlases, targets)
+    walls["antspy-jlf"], scores["antspy-jlf"] = run_antspy(
+        args, scans(args.data, atlases), scans(args.data, targets)
+    )
     print(
         f"  {'antspy-jlf':<18} {walls['antspy-jlf']:8.1f} s  "
         f"mean Dice {scores['antspy-jlf']['dice'].mean():.3f}",
         flush=True,
     )
 
-    table = summarise(walls, scores)
+    table = summarise(walls, scores, args.cores)
     pd.set_option("display.width", 200)
     print()
     print(table.round(3).to_string())
