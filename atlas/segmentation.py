@@ -1490,12 +1490,12 @@ def evaluate_fold(
         result = _propagate(
             target, ants.image_read(str(mask)), atlases, chains, methods, min_ncc, min_atlases, name
         )
+    propagation_s = time.perf_counter() - start
     reference = _as_labels(
         ants.resample_image_to_target(
             ants.image_read(str(dseg)), target, interp_type="genericLabel"
         )
     )
-    propagation_s = time.perf_counter() - start
     scores = []
     for method in methods:
         start = time.perf_counter()
@@ -1510,10 +1510,10 @@ def evaluate_fold(
 
 
 def evaluation_report(scores, out_table, out_figure, out_summary):
-    """Concatenate the evaluation folds; write the per-structure table, a per-scan summary
+    """Concatenate the evaluation folds; write the per-structure table, a summary per scan
     and fusion method (mean Dice, median HD95 over finite values, mean volume similarity,
-    ``propagation_s``, ``fusion_s``) and a
-    box plot of the per-structure Dice with one box per fusion method."""
+    ``propagation_s``, ``fusion_s``) and a box plot of the per-structure Dice with one box
+    per fusion method."""
     from . import io
 
     table = pd.concat([pd.read_csv(p, sep="\t") for p in scores], ignore_index=True)
