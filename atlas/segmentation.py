@@ -5,8 +5,8 @@ The module is organised along the multi-atlas pipeline:
 1. **Label tables and atlas validation** -- :func:`read_label_table`, :func:`validate_atlas`.
 2. **Label propagation** (antspyx) -- :func:`register_atlas` registers an atlas T1w (moving) to
    a target (fixed); :class:`TransformChain` composes atlas->template->subject maps so labels
-   are interpolated once; :func:`propagate` applies a chain with nearest-neighbour-like
-   ``genericLabel`` interpolation for label maps and linear interpolation for intensities.
+   are interpolated once; :func:`propagate` applies a chain with nearest-neighbour (or ANTs
+   ``genericLabel``) interpolation for label maps and linear interpolation for intensities.
 3. **Label fusion** on numpy stacks of propagated atlases -- :func:`majority_vote`,
    :func:`weighted_vote` (local NCC weights), :func:`joint_label_fusion` (ANTs JLF) and
    :func:`staple` (SimpleITK multi-label STAPLE), all reachable through :func:`fuse`.
@@ -53,6 +53,9 @@ TISSUE_CLASSES = ("CSF", "GM", "WM")
 
 FUSION_METHODS = ("majority", "weighted", "jlf", "staple")
 """Method names accepted by :func:`fuse`."""
+
+LABEL_INTERPOLATIONS = ("nearestNeighbor", "genericLabel")
+"""ANTs interpolators accepted for label maps by :func:`propagate`."""
 
 _NO_CLASS = {"", "n/a", "na", "none"}
 
@@ -257,21 +260,52 @@ def register_atlas(
 
 
 def propagate(
-    fixed: ants.ANTsImage, moving: ants.ANTsImage, chain: TransformChain, *, labels: bool
+    fixed: ants.ANTsImage,
+    moving: ants.ANTsImage,
+    chain: TransformChain,
+    *,
+    labels: bool,
+    label_interpolation: str = "nearestNeighbor",
 ) -> ants.ANTsImage:
     """Resample ``moving`` onto the grid of ``fixed`` through ``chain``.
 
-    Label maps (``labels=True``) use ANTs ``genericLabel`` interpolation (each label is
-    linearly interpolated as an indicator and the largest wins -- nearest-neighbour-like but
-    smoother); intensities use linear interpolation. Voxels mapped outside ``moving`` get 0.
+    Label maps (``labels=True``) use ``label_interpolation``: ``"nearestNeighbor"`` or ANTs
+    ``"genericLabel"`` (each label linearly interpolated as an indicator, the largest wins:
+    smoother edges, about 2.5x slower with the ~135 MICCAI 2012 labels and the same mean Dice
+    after fusion within 0.003 in our 4 mm tests); intensities use linear interpolation. Voxels
+    mapped outside ``moving`` get 0.
+
+    Raises
+    ------
+    ValueError for a ``label_interpolation`` not in :data:`LABEL_INTERPOLATIONS`.
     """
+    if label_interpolation not in LABEL_INTERPOLATIONS:
+        raise ValueError(
+            f"label_interpolation {label_interpolation!r} not in {LABEL_INTERPOLATIONS}"
+        )
     return ants.apply_transforms(
         fixed,
         moving,
         transformlist=list(chain.paths),
         whichtoinvert=list(chain.invert),
-        interpolator="genericLabel" if labels else "linear",
+        interpolator=label_interpolation if labels else "linear",
     )
+
+
+def radius_voxels(radius_mm: float, spacing: Sequence[float]) -> int:
+    """Radius in voxels of a neighbourhood ``radius_mm`` wide on a grid of ``spacing`` (mm).
+
+    ``max(1, round(radius_mm / min(spacing)))``: patch and search radii given in mm keep
+    their physical size across resolutions (JLF's defaults of 2 and 3 voxels were chosen
+    for 1 mm images; at 4 mm they span 8 and 12 mm).
+
+    Raises
+    ------
+    ValueError for a negative radius or a non-positive spacing.
+    """
+    if radius_mm < 0 or min(spacing) <= 0:
+        raise ValueError(f"need radius_mm >= 0 and spacing > 0, got {radius_mm}, {spacing}")
+    return max(1, round(radius_mm / min(spacing)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,6 +653,7 @@ class PropagatedAtlases:
     images : float array (n_passed, *spatial) warped atlas T1w.
     labels : int64 array (n_passed, *spatial) propagated atlas labels.
     qc : DataFrame, one row per atlas: ``atlas``, ``ncc``, ``passed``.
+    spacing : voxel size of the target grid in mm per axis.
     """
 
     target: np.ndarray
@@ -626,9 +661,31 @@ class PropagatedAtlases:
     images: np.ndarray
     labels: np.ndarray
     qc: pd.DataFrame
+    spacing: tuple[float, ...]
 
-    def fuse(self, method: str, probseg: bool = False, **options):
-        """:func:`fuse` of these atlases with ``method``; returns ``(dseg, probseg)``."""
+    def fuse(
+        self,
+        method: str,
+        probseg: bool = False,
+        *,
+        patch_radius_mm: float = 2.0,
+        search_radius_mm: float = 3.0,
+        **options,
+    ):
+        """:func:`fuse` of these atlases with ``method``; returns ``(dseg, probseg)``.
+
+        ``patch_radius_mm`` (JLF patch, weighted-voting NCC window) and ``search_radius_mm``
+        (JLF search) are converted to voxels of this grid with :func:`radius_voxels`; the
+        defaults give JLF's own 2 and 3 voxels at 1 mm. On the MICCAI 2012 test scans at
+        4 mm, 1-voxel radii (the mm defaults) scored a higher mean Dice than 2/3 voxels
+        (0.671 vs 0.636 on one scan) and fused 17x faster. Other ``options`` go to
+        :func:`fuse`.
+        """
+        if method == "jlf":
+            options.setdefault("radius", radius_voxels(patch_radius_mm, self.spacing))
+            options.setdefault("search_radius", radius_voxels(search_radius_mm, self.spacing))
+        elif method == "weighted":
+            options.setdefault("radius", radius_voxels(patch_radius_mm, self.spacing))
         return fuse(
             method,
             self.target,
@@ -649,6 +706,7 @@ def propagate_atlases(
     registration: Mapping | None = None,
     min_ncc: float = 0.5,
     min_atlases: int = 1,
+    label_interpolation: str = "nearestNeighbor",
 ) -> PropagatedAtlases:
     """Propagate every atlas onto the target and apply the registration QC gate.
 
@@ -666,6 +724,7 @@ def propagate_atlases(
         affine, 0.51 with centre-of-mass alignment only and 0.32 for a flipped (failed)
         registration.
     min_atlases : fewest passing atlases needed to fuse.
+    label_interpolation : interpolator for the label maps (see :func:`propagate`).
 
     Returns
     -------
@@ -691,7 +750,11 @@ def propagate_atlases(
         rows.append({"atlas": atlas.subject, "ncc": score, "passed": score >= min_ncc})
         if score >= min_ncc:
             images.append(warped)
-            labels.append(propagate(target, atlas.dseg, chain, labels=True).numpy())
+            labels.append(
+                propagate(
+                    target, atlas.dseg, chain, labels=True, label_interpolation=label_interpolation
+                ).numpy()
+            )
     qc = pd.DataFrame(rows, columns=["atlas", "ncc", "passed"])
     failed = qc.loc[~qc["passed"], "atlas"].tolist()
     if len(images) < min_atlases:
@@ -711,6 +774,7 @@ def propagate_atlases(
         np.stack(images),
         np.stack(labels).round().astype(np.int64),
         qc,
+        tuple(float(x) for x in target.spacing),
     )
 
 
@@ -725,13 +789,15 @@ def segment_target(
     min_ncc: float = 0.5,
     min_atlases: int = 1,
     probseg: bool = False,
+    label_interpolation: str = "nearestNeighbor",
     **fusion_options,
 ) -> SegmentationResult:
     """Multi-atlas segmentation of one target: propagate every atlas, QC, fuse.
 
     :func:`propagate_atlases` (see it for ``mask``, ``transforms``, ``registration``,
-    ``min_ncc``, ``min_atlases`` and the errors raised) followed by :func:`fuse` with
-    ``method``, ``probseg`` and ``**fusion_options``.
+    ``min_ncc``, ``min_atlases``, ``label_interpolation`` and the errors raised) followed by
+    :meth:`PropagatedAtlases.fuse` with ``method``, ``probseg`` and ``**fusion_options``
+    (``patch_radius_mm``, ``search_radius_mm`` or keywords of :func:`fuse`).
 
     Returns
     -------
@@ -745,6 +811,7 @@ def segment_target(
         registration=registration,
         min_ncc=min_ncc,
         min_atlases=min_atlases,
+        label_interpolation=label_interpolation,
     )
     dseg, probs = propagated.fuse(method, probseg=probseg, **fusion_options)
     return SegmentationResult(target.new_image_like(dseg.astype(np.float32)), probs, propagated.qc)
@@ -1168,7 +1235,7 @@ def _atlases(ids, images, dsegs) -> list[Atlas]:
     ]
 
 
-def _propagate(image, mask, atlases, chains, methods, min_ncc, min_atlases, name):
+def _propagate(image, mask, atlases, chains, methods, min_ncc, min_atlases, name, interpolation):
     """:func:`propagate_atlases` with the QC table logged and ``min_atlases`` raised to 2 when
     one of ``methods`` is JLF."""
     import logging
@@ -1183,6 +1250,7 @@ def _propagate(image, mask, atlases, chains, methods, min_ncc, min_atlases, name
             transforms=chains,
             min_ncc=min_ncc,
             min_atlases=need,
+            label_interpolation=interpolation,
         )
     except RegistrationQCError as exc:
         log.error("%s: registration QC failed\n%s", name, exc.qc.to_string(index=False))
@@ -1273,6 +1341,9 @@ def fuse_target(
     target_inverse_warp=None,
     out_probseg=(),
     tissue_classes=None,
+    label_interpolation="nearestNeighbor",
+    patch_radius_mm=2.0,
+    search_radius_mm=3.0,
 ):
     """Label one preprocessed image by multi-atlas segmentation (:func:`segment_target`).
 
@@ -1281,6 +1352,8 @@ def fuse_target(
     template->subject map. Writes the fused dseg on the image's grid, the per-atlas QC rows
     (``name``, ``atlas``, ``ncc``, ``passed``) and, when ``out_probseg`` lists
     ``label-{CSF,GM,WM}`` paths, tissue fractions (:func:`tissue_probseg`).
+    ``label_interpolation``, ``patch_radius_mm`` and ``search_radius_mm`` are those of
+    :func:`propagate_atlases` and :meth:`PropagatedAtlases.fuse`.
 
     Raises :class:`RegistrationQCError` (QC table in the log) when too few atlases pass.
     """
@@ -1297,8 +1370,14 @@ def fuse_target(
         min_ncc,
         min_atlases,
         name,
+        label_interpolation,
     )
-    dseg, probs = result.fuse(method, probseg=bool(out_probseg))
+    dseg, probs = result.fuse(
+        method,
+        probseg=bool(out_probseg),
+        patch_radius_mm=patch_radius_mm,
+        search_radius_mm=search_radius_mm,
+    )
     if out_probseg:
         _write_probseg(target, tissue_probseg(dseg, labels, probseg=probs), out_probseg)
     io.write_image(target.new_image_like(dseg.astype(np.float32)), out_dseg)
@@ -1322,10 +1401,14 @@ def label_template(
     min_ncc,
     min_atlases,
     tissue_classes=None,
+    label_interpolation="nearestNeighbor",
+    patch_radius_mm=2.0,
+    search_radius_mm=3.0,
 ):
     """Labelled template: fuse the atlases registered to the template on the template grid;
     write the dseg, its label table (``index``, ``name``, ``class``) and GM/WM/CSF probseg
-    (soft: sums of per-label fractions; STAPLE gives indicator maps)."""
+    (soft: sums of per-label fractions; STAPLE gives indicator maps). Options as in
+    :func:`fuse_target`."""
     from . import io
 
     labels = apply_tissue_classes(read_label_table(table), tissue_classes)
@@ -1339,8 +1422,11 @@ def label_template(
         min_ncc,
         min_atlases,
         "template",
+        label_interpolation,
     )
-    dseg, probs = result.fuse(method, probseg=True)
+    dseg, probs = result.fuse(
+        method, probseg=True, patch_radius_mm=patch_radius_mm, search_radius_mm=search_radius_mm
+    )
     _write_probseg(tpl, tissue_probseg(dseg, labels, probseg=probs), out_probseg)
     io.write_image(tpl.new_image_like(dseg.astype(np.float32)), out_dseg)
     io.write_tsv(labels.assign(**{"class": labels["class"].fillna("n/a")}), out_table)
@@ -1455,6 +1541,9 @@ def evaluate_fold(
     atlas_warps=(),
     target_affine=None,
     target_inverse_warp=None,
+    label_interpolation="nearestNeighbor",
+    patch_radius_mm=2.0,
+    search_radius_mm=3.0,
 ):
     """Segment one labelled scan held out from the atlases and score it against its own labels.
 
@@ -1466,6 +1555,8 @@ def evaluate_fold(
     and method are those of :func:`evaluate_segmentation` (Dice, HD95 in mm, volume
     similarity) with columns ``method``, ``propagation_s`` (seconds to register, in the direct
     route, and propagate all atlases, once per scan) and ``fusion_s`` (seconds of that fusion).
+    ``label_interpolation``, ``patch_radius_mm`` and ``search_radius_mm`` as in
+    :func:`fuse_target`.
     """
     from . import io
 
@@ -1488,7 +1579,15 @@ def evaluate_fold(
                 for a in atlases
             ]
         result = _propagate(
-            target, ants.image_read(str(mask)), atlases, chains, methods, min_ncc, min_atlases, name
+            target,
+            ants.image_read(str(mask)),
+            atlases,
+            chains,
+            methods,
+            min_ncc,
+            min_atlases,
+            name,
+            label_interpolation,
         )
     propagation_s = time.perf_counter() - start
     reference = _as_labels(
@@ -1499,7 +1598,9 @@ def evaluate_fold(
     scores = []
     for method in methods:
         start = time.perf_counter()
-        fused = result.fuse(method)[0]
+        fused = result.fuse(
+            method, patch_radius_mm=patch_radius_mm, search_radius_mm=search_radius_mm
+        )[0]
         fusion_s = time.perf_counter() - start
         scores.append(
             evaluate_segmentation(

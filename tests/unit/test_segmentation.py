@@ -292,6 +292,43 @@ def test_transform_chain_interpolates_once_in_the_documented_order(tmp_path):
     assert not np.array_equal(once, reverse)
 
 
+def test_label_interpolators_agree_on_a_grid_aligned_shift_and_unknown_ones_are_refused(tmp_path):
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 5, (9, 9, 9))
+    image = ants.from_numpy(labels.astype(np.float32))
+    # ANTs maps fixed points into the moving image: a +2 voxel x translation reads label(x + 2)
+    shift = seg.TransformChain(
+        (_transform_file(tmp_path, "s.mat", np.eye(3), [2, 0, 0]),), (False,)
+    )
+    for interpolation in seg.LABEL_INTERPOLATIONS:
+        out = seg.propagate(image, image, shift, labels=True, label_interpolation=interpolation)
+        np.testing.assert_array_equal(out.numpy()[:-2], labels[2:])
+        assert not out.numpy()[-2:].any()  # mapped outside the moving image
+    with pytest.raises(ValueError, match="label_interpolation 'linear'"):
+        seg.propagate(image, image, shift, labels=True, label_interpolation="linear")
+
+
+@pytest.mark.parametrize(
+    ("radius_mm", "spacing", "voxels"),
+    [
+        (2.0, (1.0, 1.0, 1.0), 2),
+        (3.0, (1.0,) * 3, 3),
+        (3.0, (2.0,) * 3, 2),
+        (2.0, (4.0,) * 3, 1),
+        (3.0, (4.0,) * 3, 1),
+        (0.0, (1.0,) * 3, 1),
+        (3.0, (1.0, 1.0, 3.0), 3),
+    ],
+)
+def test_radius_voxels_keeps_physical_size_and_at_least_one_voxel(radius_mm, spacing, voxels):
+    assert seg.radius_voxels(radius_mm, spacing) == voxels
+
+
+def test_radius_voxels_rejects_negative_radius():
+    with pytest.raises(ValueError, match="radius_mm >= 0"):
+        seg.radius_voxels(-1.0, (1.0, 1.0, 1.0))
+
+
 def test_segment_target_reports_atlases_failing_registration_qc(tmp_path):
     rng = np.random.default_rng(4)
     image, labels = _labelled_phantom(rng)

@@ -262,8 +262,7 @@ rule segment_evaluate:
     resources:
         **job_resources(),
     params:
-        min_ncc=FUSION["min_ncc"],
-        min_atlases=FUSION["min_atlases"],
+        **{k: v for k, v in FUSION.items() if k != "method"},
         methods=EVAL_METHODS,
         step=SEG_STEP.format("evaluate_fold"),
         name=lambda w: w.atlas,

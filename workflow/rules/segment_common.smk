@@ -105,6 +105,9 @@ FUSION = {
     "method": METHOD,
     "min_ncc": SEG["qc"]["min_ncc"],
     "min_atlases": SEG["qc"]["min_atlases"],
+    "label_interpolation": SEG["label_interpolation"],
+    "patch_radius_mm": SEG["patch_radius_mm"],
+    "search_radius_mm": SEG["search_radius_mm"],
 }
 # Everything the segmentation adds to `rule all` (nothing without atlases).
 SEGMENT_TARGETS = (
