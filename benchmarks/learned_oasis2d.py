@@ -203,6 +203,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="/tmp/learned_oasis2d")
     parser.add_argument("--steps", type=int, default=2000, help="training steps")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--reg-weight", type=float, default=None, help="train.reg_weight (default: config)"
+    )
+    parser.add_argument(
+        "--dice-weight",
+        type=float,
+        default=0.0,
+        help="train.dice_weight: > 0 also fits the training subjects' seg4 labels (the test "
+        "subjects' labels are never used for training)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch and ITK threads")
     parser.add_argument("--k", type=int, default=40, help="voters per atlas label map")
     parser.add_argument("--baseline-n", type=int, default=10, help="subjects per ANTs template")
@@ -228,10 +238,14 @@ def main(argv=None) -> dict:
         ages=cohort.ages[train_idx],
         affine=cohort.affine,
         disk_shape=cohort.disk_shape,
+        labels=cohort.labels[train_idx] if args.dice_weight > 0 else None,
     )
+    options = {"steps": args.steps, "batch_size": args.batch_size, "dice_weight": args.dice_weight}
+    if args.reg_weight is not None:
+        options["reg_weight"] = args.reg_weight
 
     tic = time.perf_counter()
-    result = train({"steps": args.steps, "batch_size": args.batch_size}, training, out / "model")
+    result = train(options, training, out / "model")
     train_seconds = time.perf_counter() - tic
     atlas = LearnedAtlas(result["model"])
     montage(atlas, [20, 35, 50, 65, 80, 90], out / "montage.png")

@@ -37,12 +37,10 @@ into each route's run (``--rerun-triggers mtime``; a route run fails if it redoe
   images, affine normalisation, SyGN iterations), which a user builds anyway.
 
 A route's ``wall_s`` is its labelling run: registrations (``n_atlases x n_targets`` in the
-direct route; one per atlas and per test scan in the template route), propagation, fusion
-with both methods and scoring. In split evaluation the test scans are labelled scans
-registered to the template by the segmentation rules, so the template route includes
-``n_targets`` registrations that an ordinary run reuses from the template build (subject_final):
-conservative for the template route. The template route's registrations run first as their
-own call (``template-registrations``, included in its ``wall_s``). Each route's run fuses with
+direct route; one per atlas to the template in the template route, whose test scans reuse
+their template transforms from the template build, being workflow images), propagation,
+fusion with both methods and scoring. The template route's atlas registrations run first as
+their own call (``template-registrations``, included in its ``wall_s``). Each route's run fuses with
 both methods, so per method the table also gives ``job_s_per_scan``: job seconds per scan of
 that method alone (propagation, including the registrations in the direct route, plus its
 fusion, as timed inside the evaluation jobs; the template route adds its registration wall x
@@ -297,7 +295,7 @@ def summarise(walls: dict, scores: dict, cores: int) -> pd.DataFrame:
         {k: walls[k.split("-")[0]] for k in runs} | {k: walls[k] for k in (*plain, *SHARED)}
     )
     # Job seconds per scan of one fusion method alone: propagation (with the registrations in
-    # the direct route) + that fusion; the template route adds its share of the atlas/scan ->
+    # the direct route) + that fusion; the template route adds its share of the atlas ->
     # template registrations (wall x cores / scans).
     for k in runs:
         per_scan = scores[k]["propagation_s"] + scores[k]["fusion_s"]
@@ -376,10 +374,10 @@ def main(argv=None) -> None:
         summary = run_dir / "output" / "group" / "desc-fusionsummary_evaluation.tsv"
         extra = ("--rerun-triggers", "mtime")
         walls[route] = 0.0
-        if route == "template":  # atlas and test-scan -> template registrations, timed apart
+        if route == "template":  # atlas -> template registrations, timed apart
             registrations = [
                 str(run_dir / "work" / "segmentation" / "template" / f"{scan}_affine.mat")
-                for scan in scans(args.data, [*atlases, *targets])
+                for scan in scans(args.data, atlases)
             ]
             name = "template-registrations"
             walls[name] = snakemake(args, name, cfg, registrations, extra)

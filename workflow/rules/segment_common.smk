@@ -49,8 +49,18 @@ if SEG_ON:
     for _img, _ids in IMG_ATLASES.items():
         if not _ids:
             _stop(f"config key segmentation.atlases: no atlas left to label {_img}")
+    # Held-out labelled scans that are also workflow images (same file): in the template
+    # route their evaluation reuses the image's template transforms from the template build
+    # (the preprocessing is the same function of the same file) instead of registering again.
+    _by_path = {str(Path(p).resolve()): i for i, p in zip(IMAGES.img, IMAGES.path)}
+    EVAL_IMG = {
+        a: _by_path[str(Path(LABELLED.loc[a, "t1w"]).resolve())]
+        for a in EVAL_IDS
+        if str(Path(LABELLED.loc[a, "t1w"]).resolve()) in _by_path
+    }
 else:
     LABELLED, ATLASES, EVAL_IDS, IMG_ATLASES, LABEL_TABLE = None, [], [], {}, None
+    EVAL_IMG = {}
 
 
 wildcard_constraints:
@@ -178,7 +188,27 @@ def evaluate_inputs(w):
         files |= {
             "atlas_affines": [to_template(a, "affine.mat") for a in others],
             "atlas_warps": [to_template(a, "warp.nii.gz") for a in others],
-            "target_affine": to_template(w.atlas, "affine.mat"),
-            "target_inverse_warp": to_template(w.atlas, "inverse-warp.nii.gz"),
         }
+        files |= target_to_template(w.atlas)
     return files
+
+
+def target_to_template(atlas):
+    """Template route: the held-out scan's image, mask and template transforms: those of the
+    template build when the scan is a workflow image, else its own registration."""
+    if atlas not in EVAL_IMG:
+        return {
+            "target_affine": to_template(atlas, "affine.mat"),
+            "target_inverse_warp": to_template(atlas, "inverse-warp.nii.gz"),
+        }
+    img = EVAL_IMG[atlas]
+    return {
+        "image": subject_file(img, "desc-preproc_T1w.nii.gz"),
+        "mask": subject_file(img, "desc-brain_mask.nii.gz"),
+        "target_affine": subject_file(
+            img, f"from-T1w_to-{TPL}_mode-image_desc-affine_xfm.mat"
+        ),
+        "target_inverse_warp": subject_file(
+            img, f"from-{TPL}_to-T1w_mode-image_desc-warp_xfm.nii.gz"
+        ),
+    }
