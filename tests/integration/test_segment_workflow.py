@@ -135,3 +135,41 @@ def test_leave_one_out_evaluation(run):
     assert by_method["jlf"] > by_method["majority"]
     table = pd.read_csv(out / "group" / "desc-fusion_evaluation.tsv", sep="\t")
     assert {"dice", "hd95_mm", "volume_similarity", "method"} <= set(table.columns)
+
+
+def test_template_route_split_evaluation_reuses_the_template_build(
+    shared_data, tmp_path, run_workflow
+):
+    """Template route, split evaluation whose test scans are the workflow's images: the plan
+    registers only the atlases to the template (the test scans' template transforms come from
+    the template build), and each test scan's evaluation reads the template build's files."""
+    data = (shared_data / "miccai2012").resolve()
+    cfg = {
+        "bids_dir": str(data),
+        "participant_label": TARGETS,
+        "session": "first",
+        "output_dir": str(tmp_path / "out"),
+        "work_dir": str(tmp_path / "work"),
+        "resolution": 4.0,
+        "segmentation": {
+            "atlases": {
+                "bids_dir": str(data),
+                "labels": "derivatives/manual",
+                "desc": "neuromorphometrics",
+                "participant_label": ATLASES + TARGETS,
+                "session": "1",
+            },
+            "route": "template",
+            "evaluation": {"mode": "split"},
+        },
+    }
+    summary = tmp_path / "out" / "group" / "desc-fusionsummary_evaluation.tsv"
+    plan = run_workflow(tmp_path, cfg, [summary, "--dry-run", "--quiet", "rules"]).stdout
+    counts = {
+        line.split()[0]: int(line.split()[1])
+        for line in plan.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
+    assert counts["segment_atlas_to_template"] == len(ATLASES), plan
+    assert counts["segment_evaluate"] == len(TARGETS), plan
+    assert counts["subject_final"] == len(TARGETS), plan

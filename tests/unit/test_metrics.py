@@ -92,3 +92,22 @@ def test_sharpness_of_a_ramp():
     # intensity rises 3 units per voxel along x at 2 mm spacing -> 1.5 per mm
     ramp = np.broadcast_to(3.0 * np.arange(10)[:, None, None], (10, 4, 4))
     assert metrics.sharpness(ramp, spacing=2.0) == pytest.approx(1.5)
+
+
+def test_hd95_equals_the_brute_force_surface_distance_percentile():
+    """hd95 crops to the masks' bounding box; the value must equal the direct definition (all
+    pairwise surface distances, anisotropic spacing), including masks touching the border."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    spacing = np.array([1.0, 1.5, 2.0])
+    for shift in ((0, 0, 0), (3, -2, 1), (-5, 0, 0)):
+        a = np.zeros((24, 20, 16), bool)
+        a[:9, 4:12, 3:10] = True  # touches the x = 0 border
+        a &= rng.random(a.shape) > 0.1
+        b = np.roll(a, shift, axis=(0, 1, 2))
+        surfaces = [m & ~ndimage.binary_erosion(m, border_value=0) for m in (a, b)]
+        pa, pb = (np.argwhere(s) * spacing for s in surfaces)
+        d = np.linalg.norm(pa[:, None] - pb[None], axis=-1)
+        expected = np.percentile(np.concatenate([d.min(1), d.min(0)]), 95)
+        assert metrics.hd95(a, b, spacing) == pytest.approx(expected, abs=1e-9)
