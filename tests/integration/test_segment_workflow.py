@@ -33,34 +33,42 @@ DICE_FLOOR = 0.55
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def run(shared_data, tmp_path_factory, run_workflow):
-    """Run the workflow once for all tests of this module; returns (output dir, data root)."""
-    data = (shared_data / "miccai2012").resolve()
-    tmp = tmp_path_factory.mktemp("segment")
-    cfg = {
+def _config(data, tmp, atlases, **segmentation) -> dict:
+    """Workflow config: TARGETS (first session) at 4 mm, labelled by the first sessions of
+    ``atlases`` (MICCAI 2012 manual labels), with the ``segmentation`` keys given."""
+    atlas_source = {
+        "bids_dir": str(data),
+        "labels": "derivatives/manual",
+        "desc": "neuromorphometrics",
+        "participant_label": atlases,
+        "session": "1",
+    }
+    return {
         "bids_dir": str(data),
         "participant_label": TARGETS,
         "session": "first",
         "output_dir": str(tmp / "out"),
         "work_dir": str(tmp / "work"),
         "resolution": 4.0,
-        "threads_per_job": 1,
-        "template": {"affine_iterations": 1, "syn_iterations": 1},
-        "segmentation": {
-            "atlases": {
-                "bids_dir": str(data),
-                "labels": "derivatives/manual",
-                "desc": "neuromorphometrics",
-                "participant_label": ATLASES,
-                "session": "1",
-            },
-            "route": "direct",
-            "fusion": "jlf",
-            "probseg": True,
-            "evaluation": {"mode": "loo", "methods": ["jlf", "majority"]},
-        },
+        "segmentation": {"atlases": atlas_source, **segmentation},
     }
+
+
+@pytest.fixture(scope="module")
+def run(shared_data, tmp_path_factory, run_workflow):
+    """Run the workflow once for all tests of this module; returns (output dir, data root)."""
+    data = (shared_data / "miccai2012").resolve()
+    tmp = tmp_path_factory.mktemp("segment")
+    cfg = _config(
+        data,
+        tmp,
+        ATLASES,
+        route="direct",
+        fusion="jlf",
+        probseg=True,
+        evaluation={"mode": "loo", "methods": ["jlf", "majority"]},
+    )
+    cfg |= {"threads_per_job": 1, "template": {"affine_iterations": 1, "syn_iterations": 1}}
     start = time.perf_counter()
     run_workflow(tmp, cfg)
     print(f"workflow wall time {time.perf_counter() - start:.0f} s")
@@ -146,25 +154,7 @@ def test_template_route_split_evaluation_reuses_the_template_build(
     registers only the atlases to the template (the test scans' template transforms come from
     the template build), and each test scan's evaluation reads the template build's files."""
     data = (shared_data / "miccai2012").resolve()
-    cfg = {
-        "bids_dir": str(data),
-        "participant_label": TARGETS,
-        "session": "first",
-        "output_dir": str(tmp_path / "out"),
-        "work_dir": str(tmp_path / "work"),
-        "resolution": 4.0,
-        "segmentation": {
-            "atlases": {
-                "bids_dir": str(data),
-                "labels": "derivatives/manual",
-                "desc": "neuromorphometrics",
-                "participant_label": ATLASES + TARGETS,
-                "session": "1",
-            },
-            "route": "template",
-            "evaluation": {"mode": "split"},
-        },
-    }
+    cfg = _config(data, tmp_path, ATLASES + TARGETS, route="template", evaluation={"mode": "split"})
     summary = tmp_path / "out" / "group" / "desc-fusionsummary_evaluation.tsv"
     plan = run_workflow(tmp_path, cfg, [summary, "--dry-run", "--quiet", "rules"]).stdout
     counts = {
