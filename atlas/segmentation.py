@@ -272,7 +272,7 @@ def propagate(
     Label maps (``labels=True``) use ``label_interpolation``: ``"nearestNeighbor"`` or ANTs
     ``"genericLabel"`` (each label linearly interpolated as an indicator, the largest wins:
     smoother edges, about 2.5x slower with the ~135 MICCAI 2012 labels and the same mean Dice
-    after fusion within 0.003 on one 4 mm MICCAI 2012 scan); intensities use linear interpolation. Voxels
+    after fusion within 0.003 on one 4 mm scan); intensities use linear interpolation. Voxels
     mapped outside ``moving`` get 0.
 
     Raises
