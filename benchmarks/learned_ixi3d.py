@@ -39,9 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def snakemake(cfg_path: Path, targets=(), cores: int = 2) -> float:
+def snakemake(cfg_path: Path, targets=(), cores: int = 2, extra=()) -> float:
     """Run the Snakefile; returns the wall time (s). Exits with the log tail on failure."""
     cmd = [sys.executable, "-m", "snakemake", *map(str, targets), "--cores", str(cores)]
+    cmd += list(extra)
     cmd += ["--nolock", "--configfile", str(cfg_path)]
     env = os.environ | {"ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
     log = cfg_path.parent / "snakemake.log"
@@ -107,7 +108,13 @@ def main(argv=None) -> None:
     res = f"{args.resolution:g}".replace(".", "p")
     template = out / "tpl-bench" / f"tpl-bench_res-{res}_T1w.nii.gz"
     walls = {"template": snakemake(cfg_path, [template], args.cores)}
-    walls["learned_train"] = snakemake(cfg_path, [out / "learned" / "model.pt"], args.cores)
+    # training runs alone: give it every core (the registrations timed later use 1 thread)
+    walls["learned_train"] = snakemake(
+        cfg_path,
+        [out / "learned" / "model.pt"],
+        args.cores,
+        ["--set-threads", f"learned_train={args.cores}"],
+    )
     walls["evaluation"] = snakemake(
         cfg_path, [out / "group" / "desc-learned_evaluation.tsv"], args.cores
     )

@@ -1,5 +1,6 @@
 """Losses of atlas.learn."""
 
+import itertools
 import math
 
 import pytest
@@ -23,6 +24,28 @@ def test_ncc_of_independent_noise_is_small():
     a, b = torch.rand(1, 1, 64, 64, generator=g), torch.rand(1, 1, 64, 64, generator=g)
     # squared correlation of 81 independent pairs: expectation ~ 1/81
     assert losses.local_ncc(a, b, window=9).item() < 0.05
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 23, 19), (1, 1, 11, 13, 9)])
+def test_separable_ncc_matches_brute_force_window_means(shape):
+    # the definition: every voxel's window mean over the full (border-truncated) cube
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(shape, generator=g, dtype=torch.float64)
+    b = a + 0.5 * torch.rand(shape, generator=g, dtype=torch.float64)
+    window, r = 5, 2
+    spatial = shape[2:]
+
+    def mean(x):
+        out = torch.empty_like(x)
+        for idx in itertools.product(*(range(n) for n in spatial)):
+            box = tuple(slice(max(0, i - r), i + r + 1) for i in idx)
+            out[(..., *idx)] = x[(..., *box)].mean(dim=tuple(range(2, x.dim())))
+        return out
+
+    ma, mb = mean(a), mean(b)
+    cross, va, vb = mean(a * b) - ma * mb, mean(a * a) - ma * ma, mean(b * b) - mb * mb
+    expected = (cross * cross / (va * vb + 1e-8)).mean()
+    torch.testing.assert_close(losses.local_ncc(a, b, window), expected, rtol=1e-10, atol=0)
 
 
 def test_ncc_rejects_even_window():
