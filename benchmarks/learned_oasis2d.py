@@ -76,9 +76,9 @@ CSF_SEG4 = 4
 
 def majority_vote(label_maps: np.ndarray) -> np.ndarray:
     """Voxel-wise most frequent label of ``(n, *S)`` int maps (ties -> smallest label)."""
-    n_labels = int(label_maps.max()) + 1
-    counts = np.stack([(label_maps == k).sum(0) for k in range(n_labels)])
-    return counts.argmax(0).astype(np.int16)
+    from atlas.segmentation import majority_vote as fuse
+
+    return fuse(label_maps)[0]
 
 
 def nearest_in_age(ages: np.ndarray, age: float, k: int) -> np.ndarray:

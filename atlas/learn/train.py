@@ -274,8 +274,10 @@ def train(config: dict, cohort: Cohort, out_dir, on_step=None) -> dict:
             on_step(step + 1, record)
         if (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]:
             rate = (time.perf_counter() - tic) / (step + 1 - start)
+            done = round(20 * (step + 1) / cfg["steps"])
             log.info(
-                "step %d/%d  %s  %.3f s/step  ETA %.0f s",
+                "[%s] step %d/%d  %s  %.3f s/step  ETA %.0f s",
+                "#" * done + "." * (20 - done),
                 step + 1,
                 cfg["steps"],
                 "  ".join(f"{k}={v:.4g}" for k, v in record.items()),
