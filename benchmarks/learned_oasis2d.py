@@ -45,10 +45,11 @@ registration time per subject (s)     0.015           0.015            1.405
 ====================================  ==============  ===============  ================
 
 With ``--dice-weight 1.0`` (Dice of the training subjects' seg4 labels added to the loss;
-test labels never used), 2000 steps on 2 threads (6.7 min), resumed to 3000 and then to
-5000 on one thread: mean Dice 0.873 (all test) / 0.869 on the bins vs 0.867 for ANTs (0.868
-in an earlier run of the same baseline); 0 % folding; 0.02 s vs 1.1 s per subject. On the
-bins: 0.863 after 2000 steps, 0.867 after 3000 (the loss plateaus from ~3000 steps).
+test labels never used), ``--steps 5000 --threads 2`` in one call (17.1 min of training,
+0.20 s per step): mean Dice 0.872 (all test) / 0.870 on the bins vs 0.868 for ANTs; 0 %
+folding; 0.013 s vs 0.68 s per subject. The same recipe trained in three resumed calls gave
+0.869 vs 0.867 (the ANTs baseline varies by 0.001 between runs); on the bins 0.863 after
+2000 steps and 0.867 after 3000 (the loss plateaus from ~3000 steps).
 
 Atlas label maps at 20 y vs 90 y: seg4 CSF 312 vs 542 mm^2, seg24 lateral ventricles
 262 vs 469 mm^2 (learned); 240 vs 690 and 202 vs 594 mm^2 (ANTs templates built from
