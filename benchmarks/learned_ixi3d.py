@@ -5,8 +5,9 @@ Usage (from the project root)::
     python benchmarks/learned_ixi3d.py [--subjects 10] [--resolution 2] [--steps 1500]
                                        [--batch-size 2] [--out DIR]
 
-Runs the real Snakefile on the first ``--subjects`` IXI subjects (skull stripped with
-Colin27, ``--resolution`` mm, ages from ``participants.tsv``) with ``learned.enabled``:
+Runs the real Snakefile on the first ``--subjects`` IXI subjects, or with ``--age-spread``
+on that many at evenly spaced age ranks (skull stripped with Colin27, ``--resolution`` mm,
+ages from ``participants.tsv``) with ``learned.enabled``:
 preprocessing, affine normalisation to MNI152, the iterative SyGN template, training of the
 conditional template on CPU, one-pass registration of every subject to the atlas of its
 age, and the workflow's evaluation table (``group/desc-learned_evaluation.tsv``): mean
@@ -47,6 +48,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -72,6 +74,11 @@ def snakemake(cfg_path: Path, targets=(), cores: int = 2, extra=()) -> float:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--subjects", type=int, default=10, help="first N IXI subjects")
+    ap.add_argument(
+        "--age-spread",
+        action="store_true",
+        help="instead of the first N, take N subjects at evenly spaced age ranks",
+    )
     ap.add_argument("--resolution", type=float, default=2.0, help="mm")
     ap.add_argument("--steps", type=int, default=1500, help="learned.train.steps")
     ap.add_argument("--batch-size", type=int, default=2, help="learned.train.batch_size")
@@ -84,7 +91,12 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     parts = pd.read_csv(DATA / "ixi" / "participants.tsv", sep="\t")
-    subjects = sorted(parts.participant_id.str.removeprefix("sub-"))[: args.subjects]
+    ids = parts.sort_values("participant_id").participant_id.str.removeprefix("sub-")
+    if args.age_spread:
+        by_age = parts.sort_values(["age", "participant_id"]).participant_id
+        ranks = np.linspace(0, len(by_age) - 1, args.subjects).round().astype(int)
+        ids = by_age.iloc[ranks].str.removeprefix("sub-")
+    subjects = sorted(ids)[: args.subjects]
     colin = DATA / "templates" / "tpl-Colin27"
     ages = parts.set_index("participant_id").loc[[f"sub-{s}" for s in subjects], "age"]
     sample_ages = sorted({int(round(a, -1)) for a in ages})
