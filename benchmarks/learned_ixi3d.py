@@ -35,7 +35,9 @@ iterative  0.0434     0.45 mm       0.0          0.98  0.54         0.577   20.5
 
 (Dice: mean pairwise Dice of the DLMUSE labels in template space; NCC before: subject vs
 the template before the deformable step, i.e. the learned atlas of the subject's age vs the
-iterative template after affine normalisation only.)
+iterative template after affine normalisation only.) With ``--age-spread`` (23-74 y,
+training 31 min): Dice 0.565 learned vs 0.564 SyN, 0.37 s vs 20.4 s per subject, 0 %
+folding, sharpness 0.0488 vs 0.0418, centrality 0.26 vs 0.45 mm.
 """
 
 from __future__ import annotations
