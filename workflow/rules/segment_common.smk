@@ -52,12 +52,9 @@ if SEG_ON:
     # Held-out labelled scans that are also workflow images (same file): in the template
     # route their evaluation reuses the image's template transforms from the template build
     # (the preprocessing is the same function of the same file) instead of registering again.
-    _by_path = {str(Path(p).resolve()): i for i, p in zip(IMAGES.img, IMAGES.path)}
-    EVAL_IMG = {
-        a: _by_path[str(Path(LABELLED.loc[a, "t1w"]).resolve())]
-        for a in EVAL_IDS
-        if str(Path(LABELLED.loc[a, "t1w"]).resolve()) in _by_path
-    }
+    _by_path = {Path(p).resolve(): i for i, p in zip(IMAGES.img, IMAGES.path)}
+    _eval_paths = {a: Path(LABELLED.loc[a, "t1w"]).resolve() for a in EVAL_IDS}
+    EVAL_IMG = {a: _by_path[p] for a, p in _eval_paths.items() if p in _by_path}
 else:
     LABELLED, ATLASES, EVAL_IDS, IMG_ATLASES, LABEL_TABLE = None, [], [], {}, None
     EVAL_IMG = {}
