@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import __version__
 from .io import InputError, check_nifti
 
 log = logging.getLogger(__name__)
@@ -144,20 +143,3 @@ def validate_images(df: pd.DataFrame, on_bad_subject: str = "fail") -> pd.DataFr
         raise InputError("every T1w image failed validation: " + "; ".join(bad.values()))
     out.attrs["excluded"] = bad
     return out
-
-
-def dataset_description(name: str, bids_dir) -> dict:
-    """BIDS-Derivatives ``dataset_description.json`` content with ``GeneratedBy``."""
-    return {
-        "Name": f"atlas derivatives: {name}",
-        "BIDSVersion": "1.9.0",
-        "DatasetType": "derivative",
-        "GeneratedBy": [
-            {
-                "Name": "atlas",
-                "Version": __version__,
-                "Description": "Population template (SyGN) workflow in Snakemake",
-            }
-        ],
-        "SourceDatasets": [{"URL": Path(bids_dir).resolve().as_uri()}],
-    }

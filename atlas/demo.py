@@ -21,20 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-
-def mni152_path(kind: str = "T1w") -> Path:
-    """Path of the MNI ICBM152 2009a (symmetric) image shipped inside the nilearn wheel.
-
-    ``kind``: ``T1w`` (brain-only T1w), ``GM`` or ``WM`` (probability maps). 1 mm, RAS.
-    """
-    import nilearn.datasets
-
-    names = {
-        "T1w": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-        "GM": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-        "WM": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
-    }
-    return Path(nilearn.datasets.__file__).parent / "data" / names[kind]
+from .io import InputError
+from .preprocess.reference import mni152_path
 
 
 def _exp_velocity(v: np.ndarray, steps: int = 7) -> np.ndarray:
@@ -83,11 +71,22 @@ def make_demo_bids(bids_dir, n_subjects: int = 5, seed: int = 0, spacing_mm: flo
 
     Ages are uniform in 20-80 years (``participants.tsv``: ``age`` in years, ``sex``).
     The folder is written to a temporary sibling and renamed, so it is complete or
-    absent. Returns the folder. An existing complete folder is left as it is.
+    absent; the temporary folder is removed if generation fails. Returns the folder. An
+    existing complete folder (with ``participants.tsv``) is left as it is.
+
+    Raises
+    ------
+    atlas.io.InputError when ``bids_dir`` exists, is not empty and is not a demo cohort
+    (config key ``demo.dir``): it is never deleted or overwritten.
     """
     bids_dir = Path(bids_dir)
     if (bids_dir / "participants.tsv").is_file():
         return bids_dir
+    if bids_dir.exists() and (not bids_dir.is_dir() or any(bids_dir.iterdir())):
+        raise InputError(
+            f"config key demo.dir: {bids_dir} exists and is not a demo cohort (no "
+            "participants.tsv); choose an empty or new folder, it is never overwritten"
+        )
     rng = np.random.default_rng(seed)
     img = nib.load(str(mni152_path()))
     zoom = 1.0 / spacing_mm
@@ -96,6 +95,17 @@ def make_demo_bids(bids_dir, n_subjects: int = 5, seed: int = 0, spacing_mm: flo
     affine[:3, :3] *= spacing_mm
     bids_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{bids_dir.name}.", dir=bids_dir.parent))
+    try:
+        _write_cohort(tmp, data, affine, n_subjects, spacing_mm, rng)
+        if bids_dir.exists():
+            bids_dir.rmdir()  # empty (checked above)
+        tmp.rename(bids_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return bids_dir
+
+
+def _write_cohort(tmp: Path, data, affine, n_subjects, spacing_mm, rng) -> None:
     rows = []
     for i in range(n_subjects):
         sub = f"demo{i + 1:02d}"
@@ -119,10 +129,6 @@ def make_demo_bids(bids_dir, n_subjects: int = 5, seed: int = 0, spacing_mm: flo
             indent=2,
         )
     )
-    if bids_dir.exists():
-        shutil.rmtree(bids_dir)
-    tmp.rename(bids_dir)
-    return bids_dir
 
 
 def main(argv=None) -> None:

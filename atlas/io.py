@@ -97,6 +97,39 @@ def write_image(image, path) -> None:
         ants.image_write(image, str(tmp))
 
 
+def write_nifti(array, affine, path, dtype=np.float32, intent: str | None = None) -> Path:
+    """Write a numpy array as NIfTI-1 with nibabel, atomically.
+
+    Parameters
+    ----------
+    array : ``(X, Y, Z)`` scalar image (singleton axes allowed), or ``(X, Y, Z, 1, k)``
+        vector field when ``intent`` is given (the NIfTI-1 layout of a displacement field).
+    affine : ``(4, 4)`` voxel-to-world matrix (RAS, mm).
+    path : output ``.nii``/``.nii.gz`` path; parent folders are created.
+    dtype : on-disk data type.
+    intent : optional NIfTI intent code name (e.g. ``"vector"``).
+
+    Returns
+    -------
+    ``pathlib.Path`` of the written file.
+    """
+    img = nib.Nifti1Image(np.asarray(array).astype(dtype), np.asarray(affine))
+    img.header.set_xyzt_units("mm", "sec")
+    if intent is not None:
+        img.header.set_intent(intent)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return Path(path)
+
+
+def write_torch(obj, path) -> None:
+    """Save a torch checkpoint (tensors and plain containers only) atomically."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
 def write_json(obj, path) -> None:
     """Write ``obj`` as indented JSON atomically."""
     with atomic_path(path) as tmp:

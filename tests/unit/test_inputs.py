@@ -139,7 +139,7 @@ def test_atomic_path_leaves_no_partial_file(tmp_path):
 
 
 def test_reference_space_labels():
-    from atlas.steps import reference_space
+    from atlas.preprocess.reference import reference_space
 
     assert reference_space("MNI152NLin2009aSym") == "MNI152NLin2009aSym"
     assert reference_space("cohort") == "MNI152NLin2009aSym"

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from atlas import metrics
-from atlas.demo import _exp_velocity, mni152_path
+from atlas.demo import _exp_velocity
+from atlas.preprocess import mni152_path, reference_grid
 from atlas.registration import register, set_determinism
-from atlas.template import average_images, reference_grid, shape_update
+from atlas.template import average_images, shape_update
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,9 @@ import sys
 from atlas.bids import find_t1w, validate_images
 from atlas.demo import make_demo_bids
 from atlas.io import InputError
-from atlas.steps import reference_space
+from atlas.preprocess.plan import preprocess_settings
+from atlas.preprocess.reference import reference_space
+from atlas.template.plan import check_template_config, stage, stage_params
 
 OUT = config["output_dir"]
 WORK = config["work_dir"]
@@ -24,10 +26,8 @@ def _stop(msg):
     sys.exit(1)
 
 
-if N_SYN < 1:
-    _stop("config key template.syn_iterations: at least one SyN iteration is needed")
-
 try:
+    check_template_config(config["template"])
     BIDS_DIR = config["bids_dir"] or str(
         make_demo_bids(
             config["demo"]["dir"], config["demo"]["n_subjects"], config["demo"]["seed"]
@@ -49,6 +49,7 @@ for _img, _why in IMAGES.attrs.get("excluded", {}).items():
     logger.warning(f"atlas: excluded {_img}: {_why}")
 
 SOURCE = dict(zip(IMAGES.img, IMAGES.path))
+PREPROCESS_SETTINGS = preprocess_settings(config)
 SUBDIR = dict(zip(IMAGES.img, IMAGES.subdir))
 
 
@@ -85,18 +86,7 @@ def job_resources(factor=1):
     }
 
 
-# --- template iterations ---
-def stage(k):
-    return "affine" if int(k) < N_AFFINE else "syn"
-
-
-def stage_params(k):
-    tcfg = config["template"]
-    if stage(k) == "affine":
-        return dict(tcfg["affine"], transform="Affine")
-    return dict(tcfg["affine"], **tcfg["syn"], transform="SyN")
-
-
+# --- template iterations (stage and stage_params: atlas.template.plan) ---
 def registration_inputs(w):
     return {
         "template": iter_path(w.k, "template_T1w.nii.gz"),
@@ -114,7 +104,7 @@ def update_inputs(w):
         "affines": [iter_path(k, f"{i}_affine.mat") for i in imgs],
         "warps": (
             [iter_path(k, f"{i}_warp.nii.gz") for i in imgs]
-            if stage(k) == "syn"
+            if stage(k, N_AFFINE) == "syn"
             else []
         ),
     }

@@ -10,7 +10,7 @@ rule dataset_description:
     conda:
         ENV
     params:
-        step="dataset_files",
+        step="provenance.dataset_files",
         name=TPL,
         bids_dir=BIDS_DIR,
         config=config,
@@ -29,7 +29,7 @@ rule reference:
     resources:
         **job_resources(),
     params:
-        step="reference",
+        step="preprocess.reference",
         reference=config["reference"],
         reference_mask=config["reference_mask"],
         resolution=config["resolution"],
@@ -56,15 +56,8 @@ rule preprocess:
     resources:
         **job_resources(),
     params:
-        step="preprocess",
-        resolution=config["resolution"],
-        skull_strip=config["skull_strip"],
-        head=config["skull_strip_template"]["head"],
-        head_mask=config["skull_strip_template"]["mask"],
-        intensity=config["intensity_normalisation"],
-        max_brain_ml=config["brain_only_max_volume_ml"],
-        margin_mm=config["fov_margin_mm"],
-        seed=config["seed"],
+        step="preprocess.preprocess",
+        settings=PREPROCESS_SETTINGS,
     script:
         RUN
 
@@ -86,7 +79,7 @@ rule normalise:
     resources:
         **job_resources(),
     params:
-        step="normalise",
+        step="preprocess.normalise",
         rigid_only=config["reference"] == "cohort",
         affine_params=config["template"]["affine"],
     script:

@@ -18,7 +18,7 @@ rule template_init:
     resources:
         **job_resources(),
     params:
-        step="template_init",
+        step="template.init",
         average=config["template"]["average"],
     script:
         RUN
@@ -40,8 +40,8 @@ rule template_register_affine:
     resources:
         **job_resources(),
     params:
-        step="template_register",
-        params=lambda w: stage_params(w.k),
+        step="template.register_to_template",
+        params=lambda w: stage_params(w.k, config["template"]),
     script:
         RUN
 
@@ -71,9 +71,9 @@ rule template_update:
     resources:
         **job_resources(),
     params:
-        step="template_update",
+        step="template.update",
         iteration=lambda w: int(w.k) - 1,
-        stage=lambda w: stage(int(w.k) - 1),
+        stage=lambda w: stage(int(w.k) - 1, N_AFFINE),
         average=config["template"]["average"],
         gradient_step=config["template"]["gradient_step"],
         do_sharpen=config["template"]["sharpen"],
@@ -109,7 +109,7 @@ rule subject_final:
     resources:
         **job_resources(),
     params:
-        step="subject_final",
+        step="template.subject_final",
         img=lambda w: w.img,
     script:
         RUN
@@ -141,23 +141,23 @@ rule template_final:
         convergence_rows=[iter_path(k, "convergence.tsv") for k in range(1, N_ITER + 1)],
         warped=subject_files("space-{tpl}_desc-preproc_T1w.nii.gz"),
     output:
-        template=TEMPLATE_OUTPUTS["template"],
-        mask=TEMPLATE_OUTPUTS["mask"],
-        description=TEMPLATE_OUTPUTS["description"],
-        convergence=TEMPLATE_OUTPUTS["convergence"],
-        subjects=TEMPLATE_OUTPUTS["subjects"],
-        variance=TEMPLATE_OUTPUTS["variance"],
-        fig_mosaic=report(
+        out_template=TEMPLATE_OUTPUTS["template"],
+        out_mask=TEMPLATE_OUTPUTS["mask"],
+        out_description=TEMPLATE_OUTPUTS["description"],
+        out_convergence=TEMPLATE_OUTPUTS["convergence"],
+        out_subjects=TEMPLATE_OUTPUTS["subjects"],
+        out_variance=TEMPLATE_OUTPUTS["variance"],
+        out_fig_mosaic=report(
             TEMPLATE_OUTPUTS["fig_mosaic"],
             caption=f"{REPORT}/mosaic.rst",
             category="Template",
         ),
-        fig_convergence=report(
+        out_fig_convergence=report(
             TEMPLATE_OUTPUTS["fig_convergence"],
             caption=f"{REPORT}/convergence.rst",
             category="Template",
         ),
-        fig_subjects=report(
+        out_fig_subjects=report(
             TEMPLATE_OUTPUTS["fig_subjects"],
             caption=f"{REPORT}/subjects.rst",
             category="Template",
@@ -169,7 +169,7 @@ rule template_final:
     resources:
         **job_resources(),
     params:
-        step="template_final",
+        step="template.final",
         participants=IMAGES,
         config=config,
         res_label=RES,

@@ -21,31 +21,7 @@ from pathlib import Path
 import ants
 import numpy as np
 
-from .metrics import ncc
-from .preprocess import crop_to_mask, normalise_intensity, reorient
-
-
-def reference_grid(
-    reference: ants.ANTsImage,
-    resolution: float,
-    mask: ants.ANTsImage | None = None,
-    margin_mm: float = 10.0,
-) -> tuple[ants.ANTsImage, ants.ANTsImage]:
-    """Reference image on the template grid: reoriented, resampled to ``resolution`` mm,
-    cropped to its brain + ``margin_mm`` and intensity-normalised like the subjects.
-
-    ``mask`` defaults to the non-zero voxels of ``reference`` (brain-only templates such
-    as the nilearn MNI152). Returns (reference image, brain mask) on the grid.
-    """
-    reference = reorient(reference.astype("float32"))
-    if mask is None:
-        mask = ants.threshold_image(reference, 1e-6, None, 1, 0)
-    mask = reorient(mask.astype("float32"))
-    spacing = (float(resolution),) * 3
-    reference = ants.resample_image(reference, spacing, use_voxels=False, interp_type=0)
-    mask = ants.resample_image_to_target(mask, reference, interp_type="nearestNeighbor")
-    reference = normalise_intensity(reference, mask)
-    return crop_to_mask(reference, mask, margin_mm), crop_to_mask(mask, mask, margin_mm)
+from ..metrics import ncc
 
 
 def average_images(images: list[ants.ANTsImage], method: str = "mean") -> ants.ANTsImage:

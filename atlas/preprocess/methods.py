@@ -8,9 +8,13 @@ voxel order, voxel size or data type.
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 
 import ants
 import numpy as np
+
+from ..registration.ants import register_preset
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +84,11 @@ def template_brain_mask(
     """
     fixed = ants.resample_image(image, (3.0, 3.0, 3.0), use_voxels=False, interp_type=0)
     moving = ants.resample_image(head_template, (3.0, 3.0, 3.0), use_voxels=False, interp_type=0)
-    reg = ants.registration(
-        fixed,
-        moving,
-        type_of_transform="SyN",
-        reg_iterations=(40, 20, 0),
-        random_seed=seed,
-    )
-    mask = ants.apply_transforms(
-        image, head_mask.astype("float32"), reg["fwdtransforms"], interpolator="linear"
-    )
+    with tempfile.TemporaryDirectory(prefix="atlas-strip-") as tmp:
+        reg = register_preset(fixed, moving, Path(tmp) / "head_", random_seed=seed)
+        mask = ants.apply_transforms(
+            image, head_mask.astype("float32"), list(reg.forward.paths), interpolator="linear"
+        )
     mask = ants.threshold_image(mask, 0.5, None, 1, 0)
     mask = ants.iMath(mask, "MC", 1)
     mask = ants.iMath(mask, "FillHoles")

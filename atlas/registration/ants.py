@@ -1,4 +1,4 @@
-"""Pairwise registration with antspyx (ANTs SyN; Avants et al. 2008) and transform helpers.
+"""The ANTs registration backend (antspyx; SyN: Avants et al. 2008, Med Image Anal 12).
 
 Conventions (those of ANTs): ``fixed`` is the target space, ``moving`` the image that is
 warped into it. A *forward* transform list maps points of the fixed space to the moving
@@ -8,25 +8,16 @@ Transform lists are applied to a point from the last entry to the first.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import ants
 
-from .io import atomic_path
-
-
-def set_determinism(seed: int, threads: int) -> None:
-    """Fix what makes ANTs runs differ: the random sampling seed and the ITK thread count.
-
-    ANTs results depend on the number of threads (parallel reductions), so a run is
-    reproducible for a given ``threads``; the seed fixes the metric sampling.
-    """
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(threads))
-    os.environ["ANTS_RANDOM_SEED"] = str(int(seed))
-    ants.config._random_seed = int(seed)
+from ..io import atomic_path
+from .transforms import TransformChain
 
 
 def registration_kwargs(params: dict) -> dict:
@@ -121,7 +112,73 @@ def register(
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def jacobian_determinant_image(domain: ants.ANTsImage, warp) -> ants.ANTsImage:
-    """Jacobian determinant of a displacement field file on ``domain``'s grid (ANTs
-    ``CreateJacobianDeterminantImage``); 1 = volume kept, <= 0 = folding."""
-    return ants.create_jacobian_determinant_image(domain, str(warp), do_log=False)
+@dataclass(frozen=True)
+class Registration:
+    """Result of :func:`register_preset`.
+
+    Attributes
+    ----------
+    forward : chain mapping the moving image onto the fixed grid.
+    inverse : chain mapping the fixed image onto the moving grid.
+    warped : moving image resampled onto the fixed grid (linear interpolation).
+    """
+
+    forward: TransformChain
+    inverse: TransformChain
+    warped: ants.ANTsImage
+
+
+def register_preset(
+    fixed: ants.ANTsImage,
+    moving: ants.ANTsImage,
+    outprefix,
+    *,
+    fixed_mask: ants.ANTsImage | None = None,
+    type_of_transform: str = "SyN",
+    reg_iterations: Sequence[int] = (40, 20, 0),
+    random_seed: int | None = None,
+) -> Registration:
+    """Register ``moving`` to ``fixed`` with an ``ants.registration`` preset.
+
+    The default ``"SyN"`` preset is ANTs' affine stage (centre-of-mass initialisation,
+    Mattes MI, 4 levels) followed by symmetric normalisation (Avants et al. 2008) with
+    Mattes MI; ``reg_iterations`` are the SyN iterations per level, coarse to fine (the
+    default skips the full-resolution level, the fast setting used on 2-4 mm data). The
+    affine stage samples the metric randomly: :func:`set_determinism` fixes the seed.
+
+    Parameters
+    ----------
+    fixed, moving : ANTs images (any intensity scale; same dimensionality).
+    outprefix : path prefix of the transform files ANTs writes, inside a directory the
+        caller owns and removes (antspyx would otherwise leave them in /tmp).
+    fixed_mask : optional mask restricting the SyN metric to the fixed-space region.
+    type_of_transform : any ``ants.registration`` preset, e.g. ``"Affine"`` or
+        ``"antsRegistrationSyNQuick[s]"``.
+    reg_iterations : SyN iterations per level, coarse to fine.
+    random_seed : metric sampling seed of this call (None: the global one).
+
+    Returns
+    -------
+    :class:`Registration` whose chains name files under ``outprefix``.
+
+    Raises
+    ------
+    ValueError when ``outprefix`` is empty or its directory does not exist.
+    """
+    if not outprefix or not Path(outprefix).parent.is_dir():
+        raise ValueError(f"outprefix {outprefix!r} must lie in an existing directory")
+    result = ants.registration(
+        fixed,
+        moving,
+        type_of_transform=type_of_transform,
+        mask=fixed_mask,
+        reg_iterations=tuple(reg_iterations),
+        outprefix=str(outprefix),
+        **({} if random_seed is None else {"random_seed": random_seed}),
+    )
+    fwd, inv = result["fwdtransforms"], result["invtransforms"]
+    return Registration(
+        forward=TransformChain(tuple(fwd), (False,) * len(fwd)),
+        inverse=TransformChain(tuple(inv), tuple(p.endswith(".mat") for p in inv)),
+        warped=result["warpedmovout"],
+    )

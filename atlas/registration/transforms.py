@@ -1,0 +1,117 @@
+"""Transform files, their composition and the LPS/RAS conventions, in one place.
+
+ANTs (and ITK) store transforms on LPS world points; nibabel, NIfTI affines and the
+learned atlases work on RAS points. ``F = diag(-1, -1, 1)`` maps one to the other and is its
+own inverse. A transform list in ``ants.apply_transforms`` order is applied to a
+fixed-space point from the first entry to the last, i.e. the last entry is applied to the
+moving image first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..io import write_nifti
+
+#: LPS <-> RAS flip of homogeneous world coordinates (its own inverse).
+FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class TransformChain:
+    """Transforms in ``ants.apply_transforms`` order, mapping a moving image to a fixed grid.
+
+    ANTs lists transforms so that the **last entry is applied to the moving image first**
+    (equivalently, fixed-space points pass through the list front to back). A SyN
+    registration of moving M to fixed F gives ``paths = (warp, affine)``: M is affinely
+    aligned, then warped.
+
+    Attributes
+    ----------
+    paths : transform files (``.mat`` affine or ``.nii.gz`` displacement field).
+    invert : whether each file is inverted when applied (only valid for affine ``.mat``).
+    """
+
+    paths: tuple[str, ...]
+    invert: tuple[bool, ...]
+
+    def then(self, other: TransformChain) -> TransformChain:
+        """Chain that applies ``self`` first and ``other`` second, e.g.
+        ``atlas_to_template.then(template_to_subject)``; the result maps the atlas straight
+        onto the subject grid, so an image is interpolated once."""
+        return TransformChain(other.paths + self.paths, other.invert + self.invert)
+
+    @classmethod
+    def forward(cls, affine, warp=None) -> TransformChain:
+        """Moving -> fixed chain of a registration: ``[warp, affine]`` (or the affine alone)."""
+        paths = (str(affine),) if warp is None else (str(warp), str(affine))
+        return cls(paths, (False,) * len(paths))
+
+    @classmethod
+    def inverse(cls, affine, inverse_warp=None) -> TransformChain:
+        """Fixed -> moving chain of a registration: ``[affine^-1, inverse warp]``."""
+        if inverse_warp is None:
+            return cls((str(affine),), (True,))
+        return cls((str(affine), str(inverse_warp)), (True, False))
+
+
+def read_affine_ras(path) -> np.ndarray:
+    """Homogeneous ``(4, 4)`` RAS matrix of an ANTs/ITK affine ``.mat`` file.
+
+    ANTs stores ``y = A (x - c) + t + c`` (``A`` row-major in ``parameters[:9]``,
+    ``t = parameters[9:]``, centre ``c = fixed_parameters``) on LPS points ``x`` of the
+    fixed space, ``y`` in the moving space. The same map on RAS points is
+    ``M = F · M_lps · F``; ``M`` still maps fixed points to moving points (mm).
+
+    Raises
+    ------
+    ValueError if the file is not a 3D affine (12 parameters, 3 fixed parameters).
+    """
+    import ants
+
+    tx = ants.read_transform(str(path))
+    params = np.asarray(tx.parameters, dtype=np.float64)
+    centre = np.asarray(tx.fixed_parameters, dtype=np.float64)
+    if params.size != 12 or centre.size != 3:
+        raise ValueError(f"{path}: not a 3D ANTs affine ({tx.transform_type})")
+    a = params[:9].reshape(3, 3)
+    m_lps = np.eye(4)
+    m_lps[:3, :3] = a
+    m_lps[:3, 3] = params[9:] + centre - a @ centre
+    return FLIP @ m_lps @ FLIP
+
+
+def _axes(affine: np.ndarray):
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    return zooms, affine[:3, :3] / zooms
+
+
+def read_warp(path) -> tuple[np.ndarray, np.ndarray]:
+    """An ANTs displacement field (mm, LPS components) as ``(X, Y, Z, 3)`` mm along the
+    array axes, and the voxel sizes (mm): the input of
+    :func:`atlas.metrics.jacobian_determinant`."""
+    img = nib.load(str(path))
+    u_lps = np.asarray(img.dataobj, dtype=np.float64).reshape(*img.shape[:3], 3)
+    zooms, directions = _axes(img.affine)
+    return (u_lps * [-1.0, -1.0, 1.0]) @ directions, zooms
+
+
+def write_warp(displacement_axes_vox, affine, path) -> Path:
+    """Write a ``(X, Y, Z, 3)`` voxel displacement (channel ``i`` along array axis ``i``)
+    as an ANTs displacement field (mm, LPS components, NIfTI vector intent) on the grid
+    ``affine`` (``(4, 4)`` RAS voxel-to-world), atomically."""
+    u_ras = np.asarray(displacement_axes_vox, dtype=np.float64) @ affine[:3, :3].T
+    u_lps = u_ras * [-1.0, -1.0, 1.0]
+    return write_nifti(u_lps[..., None, :], affine, path, intent="vector")
+
+
+def jacobian_determinant_image(domain, warp):
+    """Jacobian determinant of a displacement field file on ``domain``'s grid (ANTs
+    ``CreateJacobianDeterminantImage``); 1 = volume kept, <= 0 = folding."""
+    import ants
+
+    return ants.create_jacobian_determinant_image(domain, str(warp), do_log=False)

@@ -1,0 +1,202 @@
+"""Job functions of the template rules (``workflow/rules/template.smk``): one per Snakemake
+job. Each reads its input files, calls :mod:`atlas.template.methods`,
+:mod:`atlas.registration` and :mod:`atlas.metrics`, and writes its outputs atomically."""
+
+from __future__ import annotations
+
+import ants
+import numpy as np
+import pandas as pd
+
+from .. import io, metrics, qc
+from ..preprocess import foreground_mask
+from ..provenance import software_versions
+from ..registration import jacobian_determinant_image, register
+from .methods import average_images, shape_update, sharpen, template_change
+
+
+def _read(path) -> ants.ANTsImage:
+    return ants.image_read(str(path))
+
+
+def init(*, images, out_template, average):
+    """template_0: average of the affinely normalised images (``average``: mean, median,
+    normalized_mean; :func:`atlas.template.average_images`)."""
+    io.write_image(average_images([_read(p) for p in images], average), out_template)
+
+
+def register_to_template(
+    *,
+    template,
+    image,
+    initial_affine,
+    out_affine,
+    out_warped,
+    params,
+    out_warp=None,
+    out_inverse_warp=None,
+):
+    """Register one subject to template_k: affine, or affine + SyN when ``params``
+    (:func:`atlas.template.plan.stage_params`) says ``transform: SyN`` (then ``out_warp``
+    and ``out_inverse_warp`` are required)."""
+    warped = register(
+        _read(template),
+        _read(image),
+        params,
+        out_affine,
+        out_warp,
+        out_inverse_warp,
+        initial_transform=initial_affine,
+    )
+    io.write_image(warped, out_warped)
+
+
+def update(
+    *,
+    template,
+    warped,
+    affines,
+    warps,
+    out_template,
+    out_row,
+    iteration,
+    stage,
+    average,
+    gradient_step,
+    do_sharpen,
+):
+    """Average, shape update and sharpening of iteration k, plus its convergence row.
+
+    Measures are taken inside the foreground of template_k: the template takes the
+    cohort's mean size, so the reference's brain mask no longer fits it.
+    """
+    old = _read(template)
+    fg = foreground_mask(old)
+    m = fg.numpy() > 0
+    images = [_read(p) for p in warped]
+    avg = average_images(images, average)
+    new, magnitude = shape_update(avg, affines, warps or None, gradient_step)
+    if do_sharpen:
+        new = sharpen(new)
+    row = {
+        "iteration": int(iteration),
+        "stage": stage,
+        "mean_warp_mm": float(magnitude[m].mean()) if magnitude is not None else np.nan,
+        "max_warp_mm": float(magnitude[m].max()) if magnitude is not None else np.nan,
+        "template_change": template_change(new, old, fg),
+        "mean_ncc": float(np.mean([metrics.ncc(im.numpy(), old.numpy(), m) for im in images])),
+    }
+    io.write_image(new, out_template)
+    io.write_tsv(pd.DataFrame([row]), out_row)
+
+
+def subject_final(
+    *,
+    template,
+    affine,
+    warp,
+    inverse_warp,
+    image,
+    mask,
+    out_affine,
+    out_warp,
+    out_inverse_warp,
+    out_warped,
+    out_mask,
+    out_row,
+    img,
+):
+    """Copy one subject's final transforms under BIDS names, resample its image and brain
+    mask into the template and measure the registration inside the template foreground."""
+    tpl = _read(template)
+    m = foreground_mask(tpl).numpy() > 0
+    transforms = [str(warp), str(affine)]
+    moved = ants.apply_transforms(tpl, _read(image), transforms)
+    moved_mask = ants.apply_transforms(tpl, _read(mask), transforms, interpolator="genericLabel")
+    jac = metrics.jacobian_stats(jacobian_determinant_image(tpl, warp).numpy(), m)
+    row = {
+        "img": img,
+        "ncc": metrics.ncc(moved.numpy(), tpl.numpy(), m),
+        "mutual_information": metrics.mutual_information(moved.numpy(), tpl.numpy(), m),
+        "pct_nonpositive_jacobian": jac["pct_nonpositive"],
+        "min_jacobian": jac["min"],
+        "std_log_jacobian": jac["std_log"],
+    }
+    for src, dst in ((affine, out_affine), (warp, out_warp), (inverse_warp, out_inverse_warp)):
+        io.copy_file(src, dst)
+    io.write_image(moved, out_warped)
+    io.write_image(moved_mask, out_mask)
+    io.write_tsv(pd.DataFrame([row]), out_row)
+
+
+def template_description(final: ants.ANTsImage, participants, config, res_label) -> dict:
+    """TemplateFlow ``template_description.json`` of the population template: identifier,
+    grid of resolution ``res_label``, cohort size and age range (years), parameters and
+    software versions."""
+    ages = pd.to_numeric(participants.age, errors="coerce")
+    tcfg = config["template"]
+    return {
+        "Identifier": tcfg["name"],
+        "Name": f"atlas population template {tcfg['name']}",
+        "Authors": [],
+        "ReferencesAndLinks": ["Avants et al. 2010, NeuroImage 49:2457 (SyGN)"],
+        "TemplateFlowVersion": "1.0.0",
+        "res": {
+            res_label: {
+                "origin": list(final.origin),
+                "shape": list(final.shape),
+                "zooms": list(final.spacing),
+            }
+        },
+        "cohort_size": len(participants),
+        "age_range_years": [float(ages.min()), float(ages.max())] if ages.notna().any() else None,
+        "age_units": "years",
+        "reference": config["reference"],
+        "parameters": {k: config[k] for k in ("resolution", "skull_strip", "seed")}
+        | {"template": tcfg},
+        "software": software_versions(),
+    }
+
+
+def final(
+    *,
+    templates,
+    masks,
+    subject_rows,
+    convergence_rows,
+    warped,
+    participants,
+    config,
+    res_label,
+    out_template,
+    out_mask,
+    out_description,
+    out_convergence,
+    out_subjects,
+    out_variance,
+    out_fig_mosaic,
+    out_fig_convergence,
+    out_fig_subjects,
+):
+    """Write the TemplateFlow folder, group tables, variance map and figures.
+
+    The brain mask holds the voxels inside at least half of the subjects' warped brain
+    masks; ``participants`` is the table of :func:`atlas.bids.find_t1w`.
+    """
+    tpl = _read(templates[-1])
+    mask_mean = np.mean([_read(p).numpy() > 0 for p in masks], axis=0)
+    conv = pd.concat([pd.read_csv(p, sep="\t") for p in convergence_rows], ignore_index=True)
+    subj = pd.concat([pd.read_csv(p, sep="\t") for p in subject_rows], ignore_index=True)
+    subj = participants[["img", "subject", "session", "age", "sex"]].merge(subj, on="img")
+    stack = np.stack([_read(p).numpy() for p in warped])
+    desc = template_description(tpl, participants, config, res_label)
+    io.write_image(tpl, out_template)
+    io.write_image(tpl.new_image_like((mask_mean >= 0.5).astype("float32")), out_mask)
+    io.write_tsv(conv, out_convergence)
+    io.write_tsv(subj, out_subjects)
+    io.write_image(tpl.new_image_like(stack.var(0).astype("float32")), out_variance)
+    io.write_json(desc, out_description)
+    vols = [_read(p).numpy() for p in templates]
+    qc.mosaic(vols, [f"iteration {k}" for k in range(len(vols))], out_fig_mosaic)
+    qc.convergence_plot(conv, out_fig_convergence)
+    qc.subject_grid(list(stack), list(participants.img), out_fig_subjects)
