@@ -71,18 +71,18 @@ def find_t1w(
         )
     df = pd.DataFrame(rows, columns=["subject", "session", "run", "acquisition", "path"])
     if participant_label:
-        df = df[df.subject.isin([str(p).removeprefix("sub-") for p in participant_label])]
+        df = df[label_matches(df.subject, participant_label, "sub-")]
     if exclude_participant_label:
-        drop = [str(p).removeprefix("sub-") for p in exclude_participant_label]
-        df = df[~df.subject.isin(drop)]
+        df = df[~label_matches(df.subject, exclude_participant_label, "sub-")]
     if df.empty:
         raise InputError(f"config key bids_dir: no T1w image found in {root} with the filters")
-    df = df.sort_values(["subject", "session", "run", "acquisition", "path"], na_position="first")
-    df = df.drop_duplicates(["subject", "session"], keep="first")
+    df = df.assign(_order=[natural_key(s) for s in df.session])
+    df = df.sort_values(["subject", "_order", "run", "acquisition", "path"], na_position="first")
+    df = df.drop(columns="_order").drop_duplicates(["subject", "session"], keep="first")
     if session == "first":
         df = df.drop_duplicates("subject", keep="first")
     elif session != "all":
-        df = df[df.session == str(session).removeprefix("ses-")]
+        df = df[label_matches(df.session, [session], "ses-")]
         if df.empty:
             raise InputError(f"config key session: no T1w image with session {session!r}")
     df = _add_demographics(root, df)
@@ -93,6 +93,30 @@ def find_t1w(
         f"sub-{s}" + (f"/ses-{e}" if e else "") for s, e in zip(df.subject, df.session, strict=True)
     ]
     return df.sort_values("img").reset_index(drop=True)
+
+
+def natural_key(label) -> tuple:
+    """Sort key of a BIDS label that orders numbers by value (``2`` before ``10``) and
+    puts a missing label (None) first."""
+    if label is None or (isinstance(label, float) and label != label):
+        return (0, 0, "")
+    text = str(label)
+    return (1, int(text), text) if text.isdigit() else (2, 0, text)
+
+
+def label_matches(labels: pd.Series, wanted, prefix: str) -> pd.Series:
+    """Which ``labels`` (BIDS labels without prefix) are among ``wanted``.
+
+    ``wanted`` holds config values: strings with or without ``prefix`` (``sub-`` or
+    ``ses-``), or integers, which YAML makes of unquoted digits (``01`` -> 1): an integer
+    matches every all-digit label of that value, so ``1`` selects ``sub-01``.
+    """
+    names = {str(w).removeprefix(prefix) for w in wanted if not isinstance(w, int)}
+    numbers = {int(w) for w in wanted if isinstance(w, int) and not isinstance(w, bool)}
+    return labels.map(
+        lambda s: s is not None
+        and (str(s) in names or (str(s).isdigit() and int(str(s)) in numbers))
+    ).astype(bool)
 
 
 def _add_demographics(root: Path, df: pd.DataFrame) -> pd.DataFrame:

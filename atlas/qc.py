@@ -26,17 +26,22 @@ def _show(ax, sl, title=None):
         ax.set_title(title, fontsize=8)
 
 
-def mosaic(volumes: list[np.ndarray], labels: list[str], path) -> None:
-    """One row per volume (labelled), three orthogonal mid slices each; PNG at ``path``."""
+def mosaic(volumes: list[np.ndarray], labels: list[str], path):
+    """One row per volume (labelled), three orthogonal mid slices each; PNG at ``path``.
+
+    ``volumes``: ``(X, Y, Z)`` arrays in RAS voxel order. Returns the (closed) figure.
+    """
     fig, axes = plt.subplots(len(volumes), 3, figsize=(7, 2.3 * len(volumes)), squeeze=False)
     for row, (vol, lab) in enumerate(zip(volumes, labels, strict=True)):
         for col, sl in enumerate(_mid_slices(vol)):
             _show(axes[row, col], sl, lab if col == 0 else None)
     save_figure(fig, path)
+    return fig
 
 
-def subject_grid(volumes: list[np.ndarray], labels: list[str], path, ncols: int = 5) -> None:
-    """Axial mid slice of each volume in a grid (subjects in template space)."""
+def subject_grid(volumes: list[np.ndarray], labels: list[str], path, ncols: int = 5):
+    """Axial mid slice of each ``(X, Y, Z)`` volume in a grid of ``ncols`` columns
+    (subjects in template space); PNG at ``path``. Returns the (closed) figure."""
     n = len(volumes)
     nrows = int(np.ceil(n / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.4 * nrows), squeeze=False)
@@ -45,10 +50,13 @@ def subject_grid(volumes: list[np.ndarray], labels: list[str], path, ncols: int 
     for ax, vol, lab in zip(axes.ravel(), volumes, labels, strict=False):
         _show(ax, _mid_slices(vol)[2], lab)
     save_figure(fig, path)
+    return fig
 
 
-def convergence_plot(table: pd.DataFrame, path) -> None:
-    """Convergence curves of the template table (one panel per measure) against iteration."""
+def convergence_plot(table: pd.DataFrame, path):
+    """Convergence curves of the template's convergence table (columns ``iteration``,
+    ``stage``, ``mean_warp_mm``, ``template_change``, ``mean_ncc``): one panel per
+    measure, one line per stage; PNG at ``path``. Returns the (closed) figure."""
     cols = ["mean_warp_mm", "template_change", "mean_ncc"]
     fig, axes = plt.subplots(1, len(cols), figsize=(11, 3))
     for ax, col in zip(axes, cols, strict=True):
@@ -59,3 +67,77 @@ def convergence_plot(table: pd.DataFrame, path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend()
     save_figure(fig, path)
+    return fig
+
+
+def plot_volumes_vs_age(
+    volumes: pd.DataFrame, ages: dict[str, float], structures: list[str]
+) -> plt.Figure:
+    """Scatter of selected structure volumes (mm^3) against age (years), one panel each.
+
+    Parameters
+    ----------
+    volumes : tidy table of :func:`atlas.segmentation.volumes.structure_volumes` rows
+        (several subjects concatenated; columns ``subject``, ``name``, ``volume_mm3``).
+    ages : subject -> age in years (any mapping).
+    structures : names from the ``name`` column to plot.
+
+    Returns
+    -------
+    matplotlib Figure (Agg backend); save it with :func:`atlas.io.save_figure`.
+    """
+    fig, axes = plt.subplots(1, len(structures), figsize=(3.2 * len(structures), 3), squeeze=False)
+    for ax, structure in zip(axes[0], structures, strict=True):
+        rows = volumes[volumes["name"] == structure]
+        ax.scatter([ages[s] for s in rows["subject"]], rows["volume_mm3"], s=12)
+        ax.set(title=structure, xlabel="age (years)", ylabel="volume (mm$^3$)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_evaluation(
+    scores: pd.DataFrame, *, metric: str = "dice", by: str = "method"
+) -> plt.Figure:
+    """Box plot of a per-structure metric (e.g. ``dice`` or ``hd95_mm``), one box per ``by``
+    group (e.g. fusion method or subject), in order of appearance. Non-finite values (HD95 of
+    missed labels) are left out. Returns a matplotlib Figure (Agg backend)."""
+    groups = [(name, g[metric].to_numpy(dtype=float)) for name, g in scores.groupby(by, sort=False)]
+    fig, ax = plt.subplots(figsize=(max(3.0, 1.0 + 0.8 * len(groups)), 3.5))
+    ax.boxplot([v[np.isfinite(v)] for _, v in groups])
+    ax.set_xticks(range(1, len(groups) + 1), [str(name) for name, _ in groups], rotation=30)
+    ax.set(xlabel=by, ylabel=metric)
+    fig.tight_layout()
+    return fig
+
+
+def plot_losses(history: list[dict]) -> plt.Figure:
+    """Training losses per optimiser step, one panel per loss term (grey: every step; line:
+    moving average over ~1/50 of the steps); ``history`` holds one dict of losses per step.
+    Returns a matplotlib Figure (Agg backend); save it with :func:`atlas.io.save_figure`."""
+    keys = list(history[0]) if history else []
+    fig, axes = plt.subplots(len(keys), 1, figsize=(6, 1.8 * len(keys) + 0.5), sharex=True)
+    axes = np.atleast_1d(axes)
+    steps = np.arange(1, len(history) + 1)
+    width = max(1, len(history) // 50)
+    for ax, key in zip(axes, keys, strict=True):
+        values = np.array([h[key] for h in history])
+        ax.plot(steps, values, color="0.8", lw=0.5)
+        ax.plot(steps[width - 1 :], np.convolve(values, np.ones(width) / width, "valid"))
+        ax.set_ylabel(key)
+    axes[-1].set_xlabel(f"step (line: moving average over {width} steps)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_age_montage(slices: list[np.ndarray], ages, vmax: float | None = None) -> plt.Figure:
+    """One row of 2D slices (first array axis = x, left to right; second = up), titled with
+    their ages in years; grey scale from 0 to ``vmax`` (default: the 99.5th percentile of
+    the slices). Returns a matplotlib Figure (Agg backend)."""
+    vmax = float(np.percentile(np.stack(slices), 99.5)) if vmax is None else vmax
+    fig, axes = plt.subplots(1, len(slices), figsize=(2.2 * len(slices), 2.8), squeeze=False)
+    for ax, sl, age in zip(axes[0], slices, ages, strict=True):
+        ax.imshow(sl.T, cmap="gray", vmin=0, vmax=vmax, origin="lower")
+        ax.set_title(f"{age:g} y")
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
