@@ -22,7 +22,8 @@ def _t1w(root, name, subdir, seed=0):
 def root(tmp_path):
     root = tmp_path / "ds"
     root.mkdir()
-    (root / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.9.0"}))
+    description = {"Name": "t", "BIDSVersion": "1.9.0"}
+    (root / "dataset_description.json").write_text(json.dumps(description))
     return root
 
 
