@@ -69,3 +69,20 @@ def ixi_config(shared_data):
         }
 
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep the split honest: every test under tests/integration carries the
+    ``integration`` marker, and no unit test may use the real data or run the workflow."""
+    for item in items:
+        path = Path(str(item.fspath))
+        integration = "integration" in path.parts
+        if integration and item.get_closest_marker("integration") is None:
+            raise pytest.UsageError(
+                f"{item.nodeid}: tests/integration needs @pytest.mark.integration"
+            )
+        uses_data = {"shared_data", "run_workflow", "ixi_config"} & set(item.fixturenames)
+        if not integration and (uses_data or item.get_closest_marker("integration")):
+            raise pytest.UsageError(
+                f"{item.nodeid}: real data or workflow runs belong in tests/integration"
+            )
