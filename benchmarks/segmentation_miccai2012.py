@@ -69,6 +69,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -140,6 +141,7 @@ def antspy_target(data: Path, atlases: list[str], target: str, resolution: float
 
     from atlas.metrics import mean_dice
     from atlas.segmentation import radius_voxels
+    from atlas.segmentation.labels import as_labels
 
     start = time.perf_counter()
     key = (str(data), tuple(atlases), resolution)
@@ -147,33 +149,40 @@ def antspy_target(data: Path, atlases: list[str], target: str, resolution: float
         _CACHE[key] = [_load(data, a, resolution) for a in atlases]
     image, reference = _load(data, target, resolution)
     mask = image.new_image_like((image.numpy() != 0).astype(np.float32))
-    warped_images, warped_labels = [], []
-    for atlas_image, atlas_dseg in _CACHE[key]:
-        reg = ants.registration(image, atlas_image, type_of_transform="SyN")
-        warped_images.append(reg["warpedmovout"])
-        warped_labels.append(
-            ants.apply_transforms(
-                image, atlas_dseg, reg["fwdtransforms"], interpolator="genericLabel"
+    # the recipe's defaults, but ANTs's files go to a private folder removed on return
+    # (without a prefix antspyx leaves them in /tmp); the results do not depend on it
+    with tempfile.TemporaryDirectory(prefix="atlas-bench-") as tmp:
+        warped_images, warped_labels = [], []
+        for k, (atlas_image, atlas_dseg) in enumerate(_CACHE[key]):
+            reg = ants.registration(
+                image, atlas_image, type_of_transform="SyN", outprefix=f"{tmp}/reg{k}_"
             )
+            warped_images.append(reg["warpedmovout"])
+            warped_labels.append(
+                ants.apply_transforms(
+                    image, atlas_dseg, reg["fwdtransforms"], interpolator="genericLabel"
+                )
+            )
+        fusion_start = time.perf_counter()
+        jlf = ants.joint_label_fusion(
+            image, mask, warped_images, label_list=warped_labels, output_prefix=f"{tmp}/jlf_"
         )
-    fusion_start = time.perf_counter()
-    jlf = ants.joint_label_fusion(image, mask, warped_images, label_list=warped_labels)
-    jlf_s = time.perf_counter() - fusion_start
-    target_s = time.perf_counter() - start
-    fusion_start = time.perf_counter()
-    jlf_mm = ants.joint_label_fusion(
-        image,
-        mask,
-        warped_images,
-        label_list=warped_labels,
-        rad=radius_voxels(2.0, image.spacing),
-        r_search=radius_voxels(3.0, image.spacing),
-    )
-    jlf_mm_s = time.perf_counter() - fusion_start
+        jlf_s = time.perf_counter() - fusion_start
+        target_s = time.perf_counter() - start
+        fusion_start = time.perf_counter()
+        jlf_mm = ants.joint_label_fusion(
+            image,
+            mask,
+            warped_images,
+            label_list=warped_labels,
+            rad=radius_voxels(2.0, image.spacing),
+            r_search=radius_voxels(3.0, image.spacing),
+            output_prefix=f"{tmp}/mm_",
+        )
+        jlf_mm_s = time.perf_counter() - fusion_start
 
     def dice(result):
-        as_labels = [im.numpy().round().astype(np.int64) for im in (result, reference)]
-        return mean_dice(*as_labels)
+        return mean_dice(as_labels(result), as_labels(reference))
 
     return {
         "target": target,

@@ -142,3 +142,23 @@ def test_registration_is_reproducible_with_fixed_seed_and_threads(brain, tmp_pat
         register(fixed, moving, params, tmp_path / f"a{i}.mat")
         runs.append(ants.read_transform(str(tmp_path / f"a{i}.mat")).parameters)
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_average_methods():
+    """mean, median (robust to one outlier image) and normalized_mean (each image scaled to
+    unit mean over its non-zero voxels, then rescaled by the mean of those means)."""
+    base = np.zeros((4, 5, 6), np.float32)
+    base[1:3, 1:4, 1:5] = 1.0
+    images = [ants.from_numpy(base * g) for g in (1.0, 2.0, 3.0)]
+    outlier = ants.from_numpy(base * 100.0)
+    np.testing.assert_allclose(average_images(images, "mean").numpy(), base * 2.0, rtol=1e-6)
+    med = average_images([*images[:2], outlier], "median").numpy()
+    np.testing.assert_allclose(med, base * 2.0, rtol=1e-6)
+    # gains 1, 2, 3 are removed; the result keeps the cohort's mean intensity (2)
+    np.testing.assert_allclose(
+        average_images(images, "normalized_mean").numpy(), base * 2.0, rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="unknown averaging"):
+        average_images(images, "mode")
+    with pytest.raises(ValueError, match="no images"):
+        average_images([], "mean")

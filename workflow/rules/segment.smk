@@ -1,10 +1,162 @@
-# Multi-atlas segmentation rules (config key segmentation); config, atlas table and input
-# functions are in segment_common.smk. One registration job per atlas x image (direct
-# route) or per atlas (template route), one fusion job per image, a labelled template and
-# group tables; logic in atlas/segmentation.py (job functions at its end).
+# Multi-atlas segmentation (config block segmentation): one registration job per atlas x
+# image (direct route) or per atlas (template route), one fusion job per image, a labelled
+# template, group tables and the evaluation on held-out labelled scans. The plan (which atlas
+# labels which image, what is evaluated) is made at parse time by atlas.segmentation.plan, so
+# a bad atlas set stops the run with one message; job functions are in
+# atlas/segmentation/jobs.py. With no atlases, `snakemake segmentation` gives Atropos tissue
+# maps of the template only.
+import re
+
+from atlas.segmentation.labels import TISSUE_CLASSES
+from atlas.segmentation.plan import (
+    evaluation_methods,
+    fusion_settings,
+    plan_segmentation,
+    segment_targets,
+)
+
+SEG = config["segmentation"]
+METHOD = SEG["fusion"]
+SEGW = f"{WORK}/segmentation"
+
+try:
+    PLAN = plan_segmentation(SEG, IMAGES, BIDS_DIR)
+    FUSION = fusion_settings(SEG)
+    EVAL_METHODS = evaluation_methods(SEG)
+except InputError as exc:
+    _stop(str(exc))
+
+SEG_ON = PLAN is not None
+ATLASES = PLAN.atlases if SEG_ON else []
+EVAL_IDS = PLAN.eval_ids if SEG_ON else []
+LABEL_TABLE = str(PLAN.label_table) if SEG_ON else []
 
 
-include: "segment_common.smk"
+wildcard_constraints:
+    atlas="|".join(map(re.escape, PLAN.labelled.index)) if SEG_ON else "(?!)",
+
+
+def atlas_file(atlas, name):
+    """Preprocessed atlas files (T1w, brain mask, dseg on its native grid)."""
+    return f"{SEGW}/atlases/{atlas}_{name}"
+
+
+def atlas_files(ids, name):
+    return [atlas_file(a, name) for a in ids]
+
+
+def to_template(atlas, name):
+    """Atlas -> template registration files (template route and labelled template)."""
+    return f"{SEGW}/template/{atlas}_{name}"
+
+
+def direct(img, atlas, name):
+    """Atlas -> image registration files (direct route)."""
+    return f"{SEGW}/direct/{img}/{atlas}_{name}"
+
+
+def template_transforms(img):
+    """A workflow image's template -> image map from the template build."""
+    return {
+        "target_affine": subject_file(
+            img, f"from-T1w_to-{TPL}_mode-image_desc-affine_xfm.mat"
+        ),
+        "target_inverse_warp": subject_file(
+            img, f"from-{TPL}_to-T1w_mode-image_desc-warp_xfm.nii.gz"
+        ),
+    }
+
+
+def atlas_inputs(ids, route):
+    """Preprocessed atlases and, per route, their registrations (direct: to be given)."""
+    files = {
+        "table": LABEL_TABLE,
+        "atlas_images": atlas_files(ids, "desc-preproc_T1w.nii.gz"),
+        "atlas_dsegs": atlas_files(ids, "dseg.nii.gz"),
+    }
+    if route == "template":
+        files |= {
+            "atlas_affines": [to_template(a, "affine.mat") for a in ids],
+            "atlas_warps": [to_template(a, "warp.nii.gz") for a in ids],
+        }
+    return files
+
+
+SEG_TPL = {
+    "dseg": f"{TPL_DIR}/tpl-{TPL}_res-{RES}_dseg.nii.gz",
+    "table": f"{TPL_DIR}/tpl-{TPL}_dseg.tsv",
+    "probseg": [
+        f"{TPL_DIR}/tpl-{TPL}_res-{RES}_label-{t}_probseg.nii.gz"
+        for t in TISSUE_CLASSES
+    ],
+}
+SEG_GROUP = {
+    "tidy": f"{OUT}/group/desc-{METHOD}_volumes.tsv",
+    "wide": f"{OUT}/group/desc-{METHOD}wide_volumes.tsv",
+    "qc": f"{OUT}/group/desc-{METHOD}_segmentationqc.tsv",
+    "fig": f"{FIG}/desc-{METHOD}_volumesage.png",
+}
+SEG_EVAL = {
+    "table": f"{OUT}/group/desc-fusion_evaluation.tsv",
+    "summary": f"{OUT}/group/desc-fusionsummary_evaluation.tsv",
+    "fig": f"{FIG}/desc-fusion_evaluation.png",
+}
+PROBSEG = [f"label-{t}_desc-{METHOD}_probseg.nii.gz" for t in TISSUE_CLASSES]
+# Everything the segmentation adds to `rule all` (nothing without atlases).
+SEGMENT_TARGETS = segment_targets(
+    PLAN,
+    {
+        "table": [f"{OUT}/desc-{METHOD}_dseg.tsv"],
+        "dseg": subject_files(f"desc-{METHOD}_dseg.nii.gz"),
+        "probseg": [f for p in PROBSEG for f in subject_files(p)],
+        "template": [SEG_TPL["dseg"], SEG_TPL["table"], *SEG_TPL["probseg"]],
+        "group": list(SEG_GROUP.values()),
+        "evaluation": list(SEG_EVAL.values()),
+    },
+    probseg=SEG["probseg"],
+)
+
+
+def fuse_inputs(w):
+    ids = PLAN.image_atlases[w.img]
+    files = {
+        "image": subject_file(w.img, "desc-preproc_T1w.nii.gz"),
+        "mask": subject_file(w.img, "desc-brain_mask.nii.gz"),
+    } | atlas_inputs(ids, SEG["route"])
+    if SEG["route"] == "direct":
+        return files | {
+            "atlas_affines": [direct(w.img, a, "affine.mat") for a in ids],
+            "atlas_warps": [direct(w.img, a, "warp.nii.gz") for a in ids],
+        }
+    return files | template_transforms(w.img)
+
+
+def evaluate_inputs(w):
+    """A held-out scan, its own labels and the atlases labelling it. Template route: its
+    template transforms are those of the template build when the scan is a workflow image
+    (image and mask then that image's too), else its own registration to the template.
+    """
+    files = {
+        "image": atlas_file(w.atlas, "desc-preproc_T1w.nii.gz"),
+        "mask": atlas_file(w.atlas, "desc-brain_mask.nii.gz"),
+        "dseg": atlas_file(w.atlas, "dseg.nii.gz"),
+    } | atlas_inputs(PLAN.eval_atlases(w.atlas), SEG["route"])
+    if SEG["route"] == "direct":
+        return files
+    img = PLAN.eval_images.get(w.atlas)
+    if img is None:
+        return files | {
+            "target_affine": to_template(w.atlas, "affine.mat"),
+            "target_inverse_warp": to_template(w.atlas, "inverse-warp.nii.gz"),
+        }
+    return (
+        files
+        | template_transforms(img)
+        | {
+            "image": subject_file(img, "desc-preproc_T1w.nii.gz"),
+            "mask": subject_file(img, "desc-brain_mask.nii.gz"),
+        }
+    )
 
 
 rule segmentation:
@@ -16,9 +168,9 @@ rule segmentation:
 
 rule segment_atlas_prepare:
     input:
-        t1w=lambda w: LABELLED.loc[w.atlas, "t1w"],
-        dseg=lambda w: LABELLED.loc[w.atlas, "dseg"],
-        table=LABEL_TABLE or [],
+        t1w=lambda w: PLAN.labelled.loc[w.atlas, "t1w"],
+        dseg=lambda w: PLAN.labelled.loc[w.atlas, "dseg"],
+        table=LABEL_TABLE,
         reference_image=rules.reference.output.out_image,
     output:
         out_image=atlas_file("{atlas}", "desc-preproc_T1w.nii.gz"),
@@ -32,15 +184,15 @@ rule segment_atlas_prepare:
     resources:
         **job_resources(),
     params:
-        step=SEG_STEP.format("prepare_atlas"),
-        preprocess=PREPROCESS_KW,
+        step="segmentation.prepare_atlas",
+        settings=PREPROCESS_SETTINGS,
     script:
         RUN
 
 
 rule segment_label_table:
     input:
-        table=LABEL_TABLE or [],
+        table=LABEL_TABLE,
     output:
         out_table=f"{OUT}/desc-{METHOD}_dseg.tsv",
     log:
@@ -48,7 +200,7 @@ rule segment_label_table:
     conda:
         ENV
     params:
-        step=SEG_STEP.format("write_label_table"),
+        step="segmentation.write_label_table",
         tissue_classes=SEG["tissue_classes"],
     script:
         RUN
@@ -71,7 +223,7 @@ rule segment_atlas_to_template:
     resources:
         **job_resources(),
     params:
-        step=SEG_STEP.format("register_atlas_job"),
+        step="segmentation.register_atlas",
         registration=SEG["registration"],
     script:
         RUN
@@ -82,8 +234,8 @@ rule segment_atlas_to_image:
         fixed=lambda w: subject_file(w.img, "desc-preproc_T1w.nii.gz"),
         moving=atlas_file("{atlas}", "desc-preproc_T1w.nii.gz"),
     output:
-        out_affine=f"{SEGW}/direct/{{img}}/{{atlas}}_affine.mat",
-        out_warp=f"{SEGW}/direct/{{img}}/{{atlas}}_warp.nii.gz",
+        out_affine=direct("{img}", "{atlas}", "affine.mat"),
+        out_warp=direct("{img}", "{atlas}", "warp.nii.gz"),
     log:
         f"{OUT}/logs/segmentation/{{img}}_atlas-{{atlas}}.log",
     conda:
@@ -92,7 +244,7 @@ rule segment_atlas_to_image:
     resources:
         **job_resources(),
     params:
-        step=SEG_STEP.format("register_atlas_job"),
+        step="segmentation.register_atlas",
         registration=SEG["registration"],
     script:
         RUN
@@ -113,10 +265,10 @@ rule segment_fuse:
     resources:
         **job_resources(),
     params:
-        **FUSION,
-        step=SEG_STEP.format("fuse_target"),
+        fusion=FUSION,
+        step="segmentation.fuse_target",
         name=lambda w: w.img,
-        atlas_ids=lambda w: IMG_ATLASES[w.img],
+        atlas_ids=lambda w: PLAN.image_atlases[w.img],
         tissue_classes=SEG["tissue_classes"],
     script:
         RUN
@@ -125,7 +277,7 @@ rule segment_fuse:
 rule segment_volumes:
     input:
         dseg=rules.segment_fuse.output.out_dseg,
-        table=LABEL_TABLE or [],
+        table=LABEL_TABLE,
     output:
         out_tsv=f"{SEGW}/volumes/{{subdir}}/{{img}}_volumes.tsv",
     log:
@@ -135,7 +287,7 @@ rule segment_volumes:
     resources:
         **job_resources(),
     params:
-        step=SEG_STEP.format("subject_volumes"),
+        step="segmentation.subject_volumes",
         img=lambda w: w.img,
         tissue_classes=SEG["tissue_classes"],
     script:
@@ -160,7 +312,7 @@ rule segment_group:
     resources:
         **job_resources(),
     params:
-        step=SEG_STEP.format("group_volumes"),
+        step="segmentation.group_volumes",
         participants=IMAGES,
         structures=SEG["volume_plot"],
     script:
@@ -171,13 +323,9 @@ if SEG_ON:
 
     rule segment_template:
         input:
-            template=TEMPLATE_OUTPUTS["template"],
+            **atlas_inputs(ATLASES, "template"),
+            image=TEMPLATE_OUTPUTS["template"],
             mask=TEMPLATE_OUTPUTS["mask"],
-            table=LABEL_TABLE,
-            atlas_images=atlas_files(ATLASES, "desc-preproc_T1w.nii.gz"),
-            atlas_dsegs=atlas_files(ATLASES, "dseg.nii.gz"),
-            atlas_affines=[to_template(a, "affine.mat") for a in ATLASES],
-            atlas_warps=[to_template(a, "warp.nii.gz") for a in ATLASES],
         output:
             out_dseg=SEG_TPL["dseg"],
             out_table=SEG_TPL["table"],
@@ -191,8 +339,9 @@ if SEG_ON:
         resources:
             **job_resources(),
         params:
-            **FUSION,
-            step=SEG_STEP.format("label_template"),
+            fusion=FUSION,
+            step="segmentation.fuse_target",
+            name="template",
             atlas_ids=ATLASES,
             tissue_classes=SEG["tissue_classes"],
         script:
@@ -210,7 +359,7 @@ else:
         output:
             out_probseg=[
                 f"{SEGW}/atropos/{{subdir}}/{{img}}_space-{TPL}_label-{t}_probseg.nii.gz"
-                for t in TISSUES
+                for t in TISSUE_CLASSES
             ],
         log:
             f"{OUT}/logs/{{subdir}}/{{img}}_segment_atropos.log",
@@ -220,7 +369,7 @@ else:
         resources:
             **job_resources(),
         params:
-            step=SEG_STEP.format("atropos_to_template"),
+            step="segmentation.atropos_to_template",
         script:
             RUN
 
@@ -231,7 +380,7 @@ else:
             probseg=[
                 f"{SEGW}/atropos/{SUBDIR[i]}/{i}_space-{TPL}_label-{t}_probseg.nii.gz"
                 for i in IMAGES.img
-                for t in TISSUES
+                for t in TISSUE_CLASSES
             ],
         output:
             out_dseg=SEG_TPL["dseg"],
@@ -244,7 +393,7 @@ else:
         resources:
             **job_resources(),
         params:
-            step=SEG_STEP.format("atropos_template"),
+            step="segmentation.atropos_template",
         script:
             RUN
 
@@ -262,11 +411,11 @@ rule segment_evaluate:
     resources:
         **job_resources(),
     params:
-        **{k: v for k, v in FUSION.items() if k != "method"},
+        fusion=FUSION,
         methods=EVAL_METHODS,
-        step=SEG_STEP.format("evaluate_fold"),
+        step="segmentation.evaluate_fold",
         name=lambda w: w.atlas,
-        atlas_ids=lambda w: eval_atlases(w.atlas),
+        atlas_ids=lambda w: PLAN.eval_atlases(w.atlas),
         registration=SEG["registration"],
     script:
         RUN
@@ -290,6 +439,6 @@ rule segment_evaluation:
     resources:
         **job_resources(),
     params:
-        step=SEG_STEP.format("evaluation_report"),
+        step="segmentation.evaluation_report",
     script:
         RUN
