@@ -23,11 +23,13 @@ def find_t1w(
     Parameters
     ----------
     bids_dir : BIDS root folder.
-    participant_label, exclude_participant_label : subject labels without ``sub-``
-        to keep / drop (empty keeps all).
-    session : ``"first"`` keeps the first session (sorted label) of each subject,
-        ``"all"`` keeps every session, any other string keeps that session label only.
-        Among several runs of a session, the first run is kept.
+    participant_label, exclude_participant_label : subject labels (with or without
+        ``sub-``; integers match zero-padded labels, see :func:`label_matches`) to keep /
+        drop (empty keeps all).
+    session : ``"first"`` keeps the first session of each subject (labels that are numbers
+        in numeric order, ``ses-2`` before ``ses-10``; see :func:`natural_key`), ``"all"``
+        keeps every session, any other value keeps that session label only. Among several
+        runs (or acquisitions) of a session, the first run (no ``acq-`` first) is kept.
 
     Returns
     -------
@@ -41,35 +43,12 @@ def find_t1w(
     InputError if the folder is missing or empty, is not BIDS, lists a participant
     twice, or no T1w image matches the filters.
     """
-    import bids
-
     root = Path(bids_dir) if bids_dir else None
     if root is None or not root.is_dir():
         raise InputError(f"config key bids_dir: folder {bids_dir!r} does not exist")
     if not any(root.iterdir()):
         raise InputError(f"config key bids_dir: folder {root} is empty")
-    try:
-        layout = bids.BIDSLayout(
-            str(root), validate=False, indexer=bids.BIDSLayoutIndexer(index_metadata=False)
-        )
-    except Exception as exc:
-        raise InputError(f"config key bids_dir: {root} is not a BIDS dataset ({exc})") from exc
-    files = layout.get(
-        suffix="T1w", extension=[".nii", ".nii.gz"], datatype="anat", return_type="object"
-    )
-    rows = []
-    for f in files:
-        ent = f.get_entities()
-        rows.append(
-            {
-                "subject": ent["subject"],
-                "session": ent.get("session"),
-                "run": ent.get("run"),
-                "acquisition": ent.get("acquisition"),
-                "path": f.path,
-            }
-        )
-    df = pd.DataFrame(rows, columns=["subject", "session", "run", "acquisition", "path"])
+    df = _t1w_table(root)
     if participant_label:
         df = df[label_matches(df.subject, participant_label, "sub-")]
     if exclude_participant_label:
@@ -95,6 +74,28 @@ def find_t1w(
     return df.sort_values("img").reset_index(drop=True)
 
 
+def _t1w_table(root: Path) -> pd.DataFrame:
+    """Every anatomical T1w image of a BIDS folder (pybids): subject, session, run,
+    acquisition and path."""
+    import bids
+
+    try:
+        layout = bids.BIDSLayout(
+            str(root), validate=False, indexer=bids.BIDSLayoutIndexer(index_metadata=False)
+        )
+    except Exception as exc:
+        raise InputError(f"config key bids_dir: {root} is not a BIDS dataset ({exc})") from exc
+    files = layout.get(
+        suffix="T1w", extension=[".nii", ".nii.gz"], datatype="anat", return_type="object"
+    )
+    columns = ["subject", "session", "run", "acquisition", "path"]
+    rows = []
+    for f in files:
+        ent = f.get_entities()
+        rows.append([ent["subject"], *(ent.get(k) for k in columns[1:4]), f.path])
+    return pd.DataFrame(rows, columns=columns)
+
+
 def natural_key(label) -> tuple:
     """Sort key of a BIDS label that orders numbers by value (``2`` before ``10``) and
     puts a missing label (None) first."""
@@ -114,8 +115,9 @@ def label_matches(labels: pd.Series, wanted, prefix: str) -> pd.Series:
     names = {str(w).removeprefix(prefix) for w in wanted if not isinstance(w, int)}
     numbers = {int(w) for w in wanted if isinstance(w, int) and not isinstance(w, bool)}
     return labels.map(
-        lambda s: s is not None
-        and (str(s) in names or (str(s).isdigit() and int(str(s)) in numbers))
+        lambda s: (
+            s is not None and (str(s) in names or (str(s).isdigit() and int(str(s)) in numbers))
+        )
     ).astype(bool)
 
 
