@@ -1,4 +1,10 @@
-"""QC figures (matplotlib, Agg backend): mosaics, convergence curves, subject grids."""
+"""QC figures (matplotlib, Agg backend): every figure of the workflow lives here.
+
+Mosaics are drawn with plain matplotlib rather than nilearn's ``plot_anat`` or
+``ants.plot_ortho``: measured on six 2 mm MNI152 volumes (one mosaic), 0.56 s here vs
+6.2 s for nilearn (one ortho display per row) and 9.6 s for ``ants.plot_ortho`` (which also
+writes one file per volume, with no labelled multi-row layout).
+"""
 
 from __future__ import annotations
 
