@@ -9,7 +9,7 @@ Protocol
 --------
 * Subjects are split 80/20 (seed 0) into training and test sets. The conditional
   template (Dalca et al. 2019) is trained on the training set on CPU with the default
-  config of :mod:`atlas.learn.train` (local NCC, diffusion regulariser); a rerun with
+  config of :mod:`atlas.learn.training` (local NCC, diffusion regulariser); a rerun with
   the same ``--out`` resumes or reuses the trained model.
 * Atlas label map at age ``a``: the seg4 (and seg24) labels of a fixed random set of
   ``--k`` training subjects (the same set at every age and for both methods) are carried

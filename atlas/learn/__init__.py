@@ -5,29 +5,43 @@ conditional deformable templates with convolutional networks") built on diffeomo
 VoxelMorph (Balakrishnan et al. 2019, IEEE TMI; Dalca et al. 2019, MedIA), plus an
 age-conditional affine rescaling network (:mod:`atlas.learn.aarn`).
 
-Modules: :mod:`~atlas.learn.layers` (spatial transformer, scaling and squaring),
-:mod:`~atlas.learn.networks`, :mod:`~atlas.learn.losses`, :mod:`~atlas.learn.data`
-(BIDS cohorts <-> arrays), :mod:`~atlas.learn.train` (resumable training),
-:mod:`~atlas.learn.sample` (atlases at ages, TemplateFlow export, registration).
+Methods: :mod:`~atlas.learn.layers` (spatial transformer, scaling and squaring),
+:mod:`~atlas.learn.networks`, :mod:`~atlas.learn.losses`, :mod:`~atlas.learn.aarn`,
+:mod:`~atlas.learn.data` (cohorts: arrays on one grid and the one loader of their files),
+:mod:`~atlas.learn.training` (resumable training), :mod:`~atlas.learn.inference` (atlases at
+ages, TemplateFlow export, one-pass registration) and :mod:`~atlas.learn.evaluation`
+(measures shared with the iterative template). Rules: :mod:`~atlas.learn.plan`
+(parse-time decisions and checks) and :mod:`~atlas.learn.jobs` (the job functions).
+
+Names are imported lazily, so ``atlas.learn.plan`` is usable at parse time without torch.
 """
 
-from .aarn import AARN, fit_aarn, mean_scale
-from .data import Cohort, load_bids_cohort, write_nifti
-from .sample import LearnedAtlas, export_templateflow, montage, register_file, sample
-from .train import DEFAULT_CONFIG, train
+from __future__ import annotations
 
-__all__ = [
-    "AARN",
-    "DEFAULT_CONFIG",
-    "Cohort",
-    "LearnedAtlas",
-    "export_templateflow",
-    "fit_aarn",
-    "load_bids_cohort",
-    "mean_scale",
-    "montage",
-    "register_file",
-    "sample",
-    "train",
-    "write_nifti",
-]
+import importlib
+
+_EXPORTS = {
+    "AARN": "aarn",
+    "fit_aarn": "aarn",
+    "mean_scale": "aarn",
+    "Cohort": "data",
+    "load_bids_cohort": "data",
+    "load_cohort": "data",
+    "LearnedAtlas": "inference",
+    "LearnedRegistration": "inference",
+    "export_templateflow": "inference",
+    "montage": "inference",
+    "register_file": "inference",
+    "sample": "inference",
+    "DEFAULT_CONFIG": "training",
+    "train": "training",
+    "integrate_velocity": "layers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'atlas.learn' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

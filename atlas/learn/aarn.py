@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import io
+
 
 def _rotation(angles: torch.Tensor, ndim: int) -> torch.Tensor:
     c, s = torch.cos(angles), torch.sin(angles)
@@ -100,8 +102,8 @@ class AARN(nn.Module):
             return {k: v.numpy().astype(np.float64) for k, v in self._params(ages).items()}
 
     def save(self, path) -> None:
-        """Write weights and hyperparameters to ``path`` (torch format)."""
-        torch.save({"ndim": self.ndim, "hidden": self.hidden, "state": self.state_dict()}, path)
+        """Write weights and hyperparameters to ``path`` (torch format), atomically."""
+        io.write_torch({"ndim": self.ndim, "hidden": self.hidden, "state": self.state_dict()}, path)
 
     @classmethod
     def load(cls, path) -> AARN:

@@ -1,14 +1,16 @@
-"""Cohort loading/writing for the learned atlas: BIDS NIfTI <-> numpy arrays.
+"""Cohorts of the learned atlas: images on one grid with ages, sex and labels.
 
 The learned atlas is trained in a common, affinely normalised space: every image of a
 cohort shares one voxel grid (same shape and voxel-to-world affine). Singleton axes of
 the on-disk arrays (e.g. the ``(160, 192, 1)`` OASIS slices) are dropped for training,
-so a slice cohort trains a 2D model; :func:`write_nifti` restores them.
+so a slice cohort trains a 2D model; :func:`to_disk` restores them before writing.
+
+:func:`load_cohort` is the one reader of cohort images (a run's normalised images, or the
+files of a BIDS dataset found by :func:`find_bids_cohort`).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +18,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from ..io import InputError
+
 SEX_CODES = {"F": 0.0, "M": 1.0}
+NIFTI_EXTENSIONS = [".nii", ".nii.gz"]
 
 
 @dataclass
@@ -53,9 +58,7 @@ class Cohort:
         if self.disk_shape is None:
             self.disk_shape = self.images.shape[1:]
         self.disk_shape = tuple(int(n) for n in self.disk_shape)
-        if tuple(n for n in self.disk_shape if n != 1) != tuple(
-            n for n in self.images.shape[1:] if n != 1
-        ):
+        if _squeezed(self.disk_shape) != _squeezed(self.images.shape[1:]):
             raise ValueError(f"disk_shape {self.disk_shape} does not match {self.images.shape}")
         if self.labels is not None and self.labels.shape != self.images.shape:
             raise ValueError(f"labels {self.labels.shape} differ from images {self.images.shape}")
@@ -71,10 +74,56 @@ class Cohort:
         return training_spacing(self.affine, self.disk_shape)
 
 
+def _squeezed(shape) -> tuple:
+    return tuple(int(n) for n in shape if n != 1)
+
+
 def training_spacing(affine: np.ndarray, disk_shape) -> np.ndarray:
     """Voxel sizes (mm) of the non-singleton axes of a grid with ``affine`` and ``disk_shape``."""
     zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))[: len(disk_shape)]
     return zooms[[i for i, n in enumerate(disk_shape) if n != 1]]
+
+
+def to_disk(array, disk_shape, vector: bool = False) -> np.ndarray:
+    """A training-space array in its on-disk layout, the input of :func:`atlas.io.write_nifti`.
+
+    Parameters
+    ----------
+    array : ``(*S)`` scalar image, or ``(*S, k)`` vector field when ``vector``.
+    disk_shape : on-disk spatial shape (singleton axes restored).
+    vector : store as ``(*disk_shape, 1, k)``, the NIfTI-1 layout of a vector image.
+
+    Raises
+    ------
+    ValueError if the array does not fit the grid.
+    """
+    array = np.asarray(array)
+    spatial = array.shape[:-1] if vector else array.shape
+    if _squeezed(spatial) != _squeezed(disk_shape):
+        raise ValueError(f"array {array.shape} does not fit the grid {tuple(disk_shape)}")
+    shape = (*disk_shape, 1, array.shape[-1]) if vector else tuple(disk_shape)
+    return array.reshape(shape)
+
+
+def to_years(ages, units: str) -> np.ndarray:
+    """Ages in ``units`` (``years`` or ``months``) as float years.
+
+    Raises
+    ------
+    ValueError for other units.
+    """
+    ages = np.asarray(ages, dtype=np.float64)
+    if units not in ("years", "months"):
+        raise ValueError(f"age units must be 'years' or 'months', got {units!r}")
+    return ages / 12.0 if units == "months" else ages
+
+
+def sex_codes(sex) -> np.ndarray | None:
+    """``F``/``M`` -> 0/1 per subject; None when ``sex`` is None or any value is another."""
+    if sex is None:
+        return None
+    codes = np.array([SEX_CODES.get(str(s), np.nan) for s in sex], dtype=np.float64)
+    return None if np.isnan(codes).any() else codes
 
 
 def attribute_matrix(ages, sex=None, age_mean: float = 0.0, age_std: float = 1.0) -> np.ndarray:
@@ -96,6 +145,136 @@ def attribute_matrix(ages, sex=None, age_mean: float = 0.0, age_std: float = 1.0
     return np.stack(cols, axis=1).astype(np.float32)
 
 
+def load_cohort(images, ages, sex=None, subjects=(), labels=None) -> Cohort:
+    """Read a :class:`Cohort` from NIfTI files on one grid.
+
+    Parameters
+    ----------
+    images : image paths, one per subject.
+    ages : ``(N,)`` years.
+    sex : optional ``F``/``M`` per subject (kept when every subject has one).
+    subjects : subject ids, one per image.
+    labels : optional label-map paths, one per image (stored as int16).
+
+    Raises
+    ------
+    ValueError if there is no image, or an image or label map is not on the grid (shape
+    and affine within 1e-4) of the first image.
+    """
+    images = [Path(p) for p in images]
+    if not images:
+        raise ValueError("a cohort needs at least one image")
+    first = nib.load(images[0])
+    disk_shape = first.shape[:3]
+
+    def read(path, dtype):
+        img = nib.load(path)
+        if img.shape[:3] != disk_shape or not np.allclose(img.affine, first.affine, atol=1e-4):
+            raise ValueError(f"{path} is not on the grid of {images[0]}")
+        return np.squeeze(np.asarray(img.dataobj, dtype=dtype))
+
+    return Cohort(
+        images=np.stack([read(p, np.float32) for p in images]),
+        ages=np.asarray(ages, dtype=np.float64),
+        affine=np.asarray(first.affine),
+        disk_shape=disk_shape,
+        sex=sex_codes(sex),
+        labels=None if labels is None else np.stack([read(p, np.int16) for p in labels]),
+        subjects=list(subjects),
+    )
+
+
+def _entities(name: str, key: str) -> dict:
+    """pybids entities of a filename ending such as ``acq-slice_desc-norm_T1w``.
+
+    Raises
+    ------
+    InputError naming the config ``key`` if a part is no BIDS entity.
+    """
+    from bids.layout import parse_file_entities
+
+    parsed = parse_file_entities(f"/sub-0_{name}.nii.gz", config=["bids", "derivatives"])
+    parsed = {k: v for k, v in parsed.items() if k not in ("subject", "extension")}
+    if "suffix" not in parsed or len(parsed) != len(name.split("_")):
+        raise InputError(
+            f"config key {key}: {name!r} is not a sequence of BIDS entities and a suffix "
+            f"(e.g. desc-norm_T1w); understood {parsed}"
+        )
+    return parsed
+
+
+def find_bids_cohort(
+    root, image_suffix: str, label_suffix: str | None = None, subjects=None
+) -> pd.DataFrame:
+    """Files and demographics of a BIDS dataset already normalised to one grid (pybids).
+
+    For each ``participants.tsv`` row (columns ``participant_id``, ``age``, optional ``sex``
+    F/M) with an image whose entities and suffix are those of ``image_suffix`` (e.g.
+    ``desc-norm_T1w``; ``.nii`` or ``.nii.gz``, any session), the first such image (sorted
+    path) and, with ``label_suffix``, the label map whose other entities equal the image's.
+
+    Returns
+    -------
+    DataFrame with columns ``subject`` (``sub-...``), ``image``, ``label`` (None without
+    ``label_suffix``), ``age`` and ``sex``, in ``participants.tsv`` order.
+
+    Raises
+    ------
+    FileNotFoundError if ``participants.tsv`` or every image is missing; ValueError if a
+    label map is missing; InputError for a suffix that is not BIDS entities.
+    """
+    import bids
+
+    root = Path(root)
+    want = _entities(image_suffix, "learned.image_suffix")
+    want_label = _entities(label_suffix, "learned.label_suffix") if label_suffix else {}
+    table = pd.read_csv(root / "participants.tsv", sep="\t", dtype={"participant_id": str})
+    if subjects is not None:
+        table = table[table["participant_id"].isin(set(subjects))]
+    layout = bids.BIDSLayout(
+        str(root),
+        validate=False,
+        config=["bids", "derivatives"],
+        indexer=bids.BIDSLayoutIndexer(index_metadata=False),
+    )
+    found = layout.get(return_type="object", extension=NIFTI_EXTENSIONS, **want)
+    by_subject: dict = {}
+    for f in sorted(found, key=lambda f: f.path):
+        by_subject.setdefault(f.get_entities()["subject"], f)
+    rows = []
+    for row in table.itertuples(index=False):
+        image = by_subject.get(row.participant_id.removeprefix("sub-"))
+        if image is None:
+            continue
+        label = _matching_label(layout, image, want, want_label) if label_suffix else None
+        sex = getattr(row, "sex", "n/a")
+        rows.append(
+            {"subject": row.participant_id, "image": image.path, "label": label}
+            | {"age": float(row.age), "sex": sex}
+        )
+    if not rows:
+        raise FileNotFoundError(f"no *{image_suffix}.nii[.gz] images under {root}")
+    return pd.DataFrame(rows)
+
+
+def _matching_label(layout, image, want: dict, want_label: dict) -> str:
+    """The label map named like ``image`` with ``want``'s entities replaced by
+    ``want_label``'s (e.g. ``desc-norm_T1w`` -> ``desc-seg4_dseg``), any extension."""
+
+    def entities(f, drop=()):
+        skip = {"extension", "datatype", *drop}
+        return {k: v for k, v in f.get_entities().items() if k not in skip}
+
+    expected = entities(image, want) | want_label
+    candidates = layout.get(
+        return_type="object", subject=expected["subject"], extension=NIFTI_EXTENSIONS, **want_label
+    )
+    matches = sorted(c.path for c in candidates if entities(c) == expected)
+    if not matches:
+        raise ValueError(f"missing label map {want_label} for {image.path}")
+    return matches[0]
+
+
 def load_bids_cohort(
     root,
     image_suffix: str = "desc-norm_T1w",
@@ -104,94 +283,19 @@ def load_bids_cohort(
 ) -> Cohort:
     """Load a BIDS cohort already normalised to a common grid.
 
-    Reads ``participants.tsv`` (columns ``participant_id``, ``age`` in years, optional
-    ``sex`` F/M) and, for each participant, the single file
-    ``sub-*/anat/sub-*_*<image_suffix>.nii.gz`` (and ``<label_suffix>`` if given).
-
-    Parameters
-    ----------
-    root : BIDS dataset root.
-    image_suffix, label_suffix : filename endings (entities + suffix) before ``.nii.gz``.
-    subjects : optional iterable of ``sub-...`` ids to keep (default: all with images).
-
-    Returns
-    -------
-    :class:`Cohort` (sex included when every participant has F/M).
+    Files and ages as found by :func:`find_bids_cohort`, read by :func:`load_cohort`
+    (sex included when every participant has F/M; labels when ``label_suffix`` is given).
 
     Raises
     ------
     FileNotFoundError if ``participants.tsv`` or every image is missing; ValueError if the
     images do not share one grid (shape and affine) or a label file is missing.
     """
-    root = Path(root)
-    table = pd.read_csv(root / "participants.tsv", sep="\t", dtype={"participant_id": str})
-    if subjects is not None:
-        table = table[table["participant_id"].isin(set(subjects))]
-    images, labels, ages, sexes, ids = [], [], [], [], []
-    affine = disk_shape = None
-    for row in table.itertuples(index=False):
-        sub = row.participant_id
-        found = sorted((root / sub / "anat").glob(f"{sub}_*{image_suffix}.nii.gz"))
-        if not found:
-            continue
-        img = nib.load(found[0])
-        if affine is None:
-            affine, disk_shape = img.affine, img.shape[:3]
-        elif img.shape[:3] != disk_shape or not np.allclose(img.affine, affine, atol=1e-4):
-            raise ValueError(f"{found[0]} is not on the grid of the first image")
-        images.append(np.squeeze(np.asarray(img.dataobj, dtype=np.float32)))
-        if label_suffix:
-            lab_path = Path(str(found[0]).replace(image_suffix, label_suffix))
-            if not lab_path.exists():
-                raise ValueError(f"missing label map {lab_path}")
-            labels.append(np.squeeze(np.asarray(nib.load(lab_path).dataobj)).astype(np.int16))
-        ages.append(float(row.age))
-        sexes.append(SEX_CODES.get(str(getattr(row, "sex", "n/a")), np.nan))
-        ids.append(sub)
-    if not images:
-        raise FileNotFoundError(f"no *{image_suffix}.nii.gz images under {root}")
-    sex = np.asarray(sexes)
-    return Cohort(
-        images=np.stack(images),
-        ages=np.asarray(ages),
-        affine=np.asarray(affine),
-        disk_shape=disk_shape,
-        sex=None if np.isnan(sex).any() else sex,
-        labels=np.stack(labels) if labels else None,
-        subjects=ids,
+    files = find_bids_cohort(root, image_suffix, label_suffix, subjects)
+    return load_cohort(
+        files.image,
+        files.age,
+        sex=files.sex,
+        subjects=files.subject,
+        labels=files.label if label_suffix else None,
     )
-
-
-def write_nifti(array, affine, disk_shape, path, dtype=np.float32, intent: str | None = None):
-    """Write a training-space array as NIfTI on the on-disk grid.
-
-    Parameters
-    ----------
-    array : ``(*S)`` scalar image or ``(*S, k)`` vector field in training axes.
-    affine : ``(4, 4)`` voxel-to-world affine of the on-disk grid (RAS, mm).
-    disk_shape : on-disk spatial shape (singleton axes restored).
-    path : output ``.nii.gz`` path; parent folders are created; the file is written to a
-        temporary name and renamed, so readers never see a partial file.
-    dtype : on-disk data type.
-    intent : optional NIfTI intent code name (e.g. ``"vector"``); vector fields are stored
-        as ``(*disk_shape, 1, k)`` per the NIfTI-1 convention.
-
-    Returns
-    -------
-    ``pathlib.Path`` of the written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    array = np.asarray(array)
-    spatial = array.shape if intent is None else array.shape[:-1]
-    if tuple(n for n in spatial if n != 1) != tuple(n for n in disk_shape if n != 1):
-        raise ValueError(f"array {array.shape} does not fit the grid {tuple(disk_shape)}")
-    shape = tuple(disk_shape) if intent is None else (*disk_shape, 1, array.shape[-1])
-    img = nib.Nifti1Image(array.reshape(shape).astype(dtype), np.asarray(affine))
-    img.header.set_xyzt_units("mm", "sec")
-    if intent is not None:
-        img.header.set_intent(intent)
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    nib.save(img, tmp)
-    os.replace(tmp, path)
-    return path

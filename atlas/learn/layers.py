@@ -10,7 +10,7 @@ moving image is *pulled back*: ``warped[x] = m[x + u(x)]``, evaluated by (bi/tri
 interpolation with ``torch.nn.functional.grid_sample(align_corners=True)``, so voxel
 centre ``0`` maps to ``-1`` and voxel centre ``n-1`` to ``+1``. Samples outside the
 image are taken from the nearest border voxel (``padding_mode="border"``).
-World (mm) coordinates only appear at the I/O boundary (:mod:`atlas.learn.sample`).
+World (mm) coordinates only appear at the I/O boundary (:mod:`atlas.learn.inference`).
 
 References: Jaderberg et al. 2015 (spatial transformer networks); Balakrishnan et al.
 2019, IEEE TMI 38(8) (VoxelMorph); Dalca et al. 2019, MedIA 57 (diffeomorphic
@@ -20,6 +20,7 @@ framework, exponential of stationary velocity fields).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -158,3 +159,32 @@ def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     Displacement ``(B, ndim, *S)`` in voxels.
     """
     return second + SpatialTransformer("bilinear")(first, second)
+
+
+def integrate_velocity(velocity, steps: int = 7):
+    """``exp(v) - Id`` of a numpy velocity field, by :class:`VecInt` (float64, CPU).
+
+    For numpy callers (e.g. synthetic deformations): the same scaling and squaring as the
+    networks, with linear interpolation and border padding.
+
+    Parameters
+    ----------
+    velocity : array ``(ndim, *S)`` in voxels, ``ndim == len(S)`` in {2, 3}; channel ``i``
+        is the velocity along array axis ``i``.
+    steps : number of squarings (``2**steps`` time steps).
+
+    Returns
+    -------
+    float64 array ``(ndim, *S)``: the displacement in voxels (pull-back convention of the
+    module docstring: ``warped[x] = m[x + u(x)]``).
+
+    Raises
+    ------
+    ValueError if ``velocity`` is not ``(ndim, *S)`` with ``ndim`` in {2, 3}.
+    """
+    v = np.asarray(velocity, dtype=np.float64)
+    if v.ndim not in (3, 4) or v.shape[0] != v.ndim - 1:
+        raise ValueError(f"velocity must be (ndim, *S) with ndim in (2, 3), got {v.shape}")
+    with torch.no_grad():
+        u = VecInt(steps)(torch.from_numpy(v)[None])
+    return u[0].numpy()

@@ -15,7 +15,9 @@ def _conv(ndim: int):
     return {2: F.conv2d, 3: F.conv3d}[ndim]
 
 
-def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e-8) -> torch.Tensor:
+def mean_squared_local_ncc(
+    a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e-8
+) -> torch.Tensor:
     """Mean local (windowed) squared normalised cross-correlation.
 
     For every voxel, ``cc = cov(a, b)^2 / (var(a) var(b) + eps)`` over a cubic window of
@@ -63,8 +65,8 @@ def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e
 
 
 def ncc_loss(a: torch.Tensor, b: torch.Tensor, window: int = 9) -> torch.Tensor:
-    """``1 - local_ncc(a, b, window)`` (0 for identical textured images)."""
-    return 1.0 - local_ncc(a, b, window)
+    """``1 - mean_squared_local_ncc(a, b, window)`` (0 for identical textured images)."""
+    return 1.0 - mean_squared_local_ncc(a, b, window)
 
 
 def mse_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,8 @@ import pytest
 from atlas import metrics
 from atlas.learn import LearnedAtlas
 
+pytestmark = pytest.mark.integration
+
 SUBJECTS = ["IXI012", "IXI013", "IXI014"]
 AGES = [30, 45, 60]
 REF = "MNI152NLin2009aSym"

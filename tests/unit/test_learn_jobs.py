@@ -1,57 +1,316 @@
-"""Coordinate conventions of atlas.learn.jobs: ANTs (LPS) affines and warps <-> RAS arrays."""
+"""Job functions of the learned-atlas rules (atlas.learn.jobs), chained on a tiny synthetic
+3D cohort (3 subjects, 16^3 voxels of 4 mm) and a tiny 2D BIDS dataset, as the workflow
+chains them; a few training steps only (wiring and file conventions, not quality)."""
+
+import json
 
 import ants
 import nibabel as nib
 import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import ndimage
 
-from atlas.learn.jobs import read_normalisation_affine, read_warp, to_years, write_warp
+from atlas.learn import AARN, LearnedAtlas
+from atlas.learn import jobs as ljobs
+from atlas.learn.plan import iterative_registration_params
+from atlas.registration import set_determinism
 
-FLIP = np.array([-1.0, -1.0, 1.0])
+torch.set_num_threads(1)
+
+SHAPE = (16, 16, 16)
+GRID = np.diag([4.0, 4.0, 4.0, 1.0])
+GRID[:3, 3] = -30.0
+AGES = [20.0, 40.0, 60.0]
+HYPER = {
+    "steps": 3,
+    "enc": [8, 8, 8],
+    "dec": [8, 8, 8],
+    "template_hidden": 8,
+    "template_channels": 4,
+    "batch_size": 2,
+    "lr": 1e-2,
+    "checkpoint_every": 2,
+    "log_every": 1,
+}
+TEMPLATE = {
+    "affine_iterations": 1,
+    "affine": {
+        "affine_metric": "mattes",
+        "affine_metric_param": 16,
+        "affine_iterations": [20, 10],
+        "affine_shrink_factors": [2, 1],
+        "affine_smoothing_sigmas": [1, 0],
+    },
+    "syn": {"metric": "CC", "metric_param": 2, "iterations": [10, 5]},
+}
 
 
-def test_ants_affine_becomes_ras_matrix_with_same_direction(tmp_path):
-    """The converted matrix maps RAS points exactly where ANTs maps the LPS points."""
+def _blob(radius: float, rng) -> np.ndarray:
+    grid = np.indices(SHAPE, dtype=float) - (np.array(SHAPE)[:, None, None, None] - 1) / 2
+    inside = np.sqrt((grid**2).sum(0)) < radius
+    texture = ndimage.gaussian_filter(rng.random(SHAPE), 1.0)
+    return ndimage.gaussian_filter(inside * (0.5 + texture), 0.7).astype(np.float32)
+
+
+def _save(array, path, affine=GRID):
+    nib.save(nib.Nifti1Image(np.asarray(array), affine), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A trained tiny model and the files of a 3-subject run (normalised images on the
+    reference grid, brain mask, native labels with identity normalisation affines)."""
+    set_determinism(seed=1, threads=1)
+    tmp = tmp_path_factory.mktemp("learned_jobs")
     rng = np.random.default_rng(0)
-    matrix = np.eye(3) * 1.1 + 0.05 * rng.standard_normal((3, 3))
-    tx = ants.create_ants_transform(
-        transform_type="AffineTransform",
-        dimension=3,
-        matrix=matrix,
-        translation=[4.0, -7.0, 12.0],
-        center=[10.0, -20.0, 5.0],
+    files = {"tmp": tmp, "images": [], "labels": [], "normalisation": []}
+    identity = ants.create_ants_transform(transform_type="AffineTransform", dimension=3)
+    for i, age in enumerate(AGES):
+        image = _blob(4.0 + age / 20, rng)
+        files["images"].append(_save(image, tmp / f"sub-{i}_norm.nii.gz"))
+        labels = ((image > 0.3) * (1 + (np.indices(SHAPE)[0] >= 8))).astype(np.int16)
+        files["labels"].append(_save(labels, tmp / f"sub-{i}_dseg.nii.gz"))
+        ants.write_transform(identity, str(tmp / f"sub-{i}_xfm.mat"))
+        files["normalisation"].append(tmp / f"sub-{i}_xfm.mat")
+    files["reference"] = files["images"][1]
+    mask = np.sqrt(((np.indices(SHAPE) - 7.5) ** 2).sum(0)) < 7
+    files["mask"] = _save(mask.astype(np.uint8), tmp / "mask.nii.gz")
+    files["model"] = tmp / "out" / "model.pt"
+    ljobs.train_atlas(
+        out_model=files["model"],
+        out_losses=tmp / "out" / "losses.tsv",
+        out_loss_curve=tmp / "out" / "loss.png",
+        hyper=HYPER,
+        checkpoint_dir=tmp / "train",
+        device="cpu",
+        age_units="years",
+        threads=1,
+        images=files["images"],
+        ages=AGES,
+        sex=["F", "M", "n/a"],
+        subjects=["sub-0", "sub-1", "sub-2"],
     )
-    path = tmp_path / "a.mat"
-    ants.write_transform(tx, str(path))
-    m = read_normalisation_affine(path)
-    assert m.shape == (4, 4)
-    np.testing.assert_allclose(m[3], [0, 0, 0, 1])
-    for p_ras in rng.uniform(-80, 80, (5, 3)):
-        expected = FLIP * np.asarray(tx.apply_to_point(FLIP * p_ras))
-        np.testing.assert_allclose(
-            m[:3, :3] @ p_ras + m[:3, 3], expected, atol=1e-4
-        )  # float32 in antspy
+    return files
 
 
-def test_warp_is_ants_compatible_on_an_oblique_grid(tmp_path):
-    """A one-voxel displacement along array axis 0, written by write_warp, makes ANTs
-    pull each voxel from its neighbour along that axis, whatever the grid orientation;
-    read_warp returns it as one voxel size (mm) along axis 0."""
-    affine = np.array([[-2.0, 0, 0, 30], [0, 0, 2.0, -40], [0, 2.0, 0, 10], [0, 0, 0, 1]])
-    rng = np.random.default_rng(1)
-    data = rng.random((12, 10, 8)).astype(np.float32)
-    nib.save(nib.Nifti1Image(data, affine), tmp_path / "img.nii.gz")
-    disp = np.zeros((12, 10, 8, 3))
-    disp[..., 0] = 1.0
-    write_warp(disp, affine, tmp_path / "warp.nii.gz")
-    img = ants.image_read(str(tmp_path / "img.nii.gz"))
-    moved = ants.apply_transforms(img, img, [str(tmp_path / "warp.nii.gz")]).numpy()
-    np.testing.assert_allclose(moved[2:-2, 2:-2, 2:-2], data[3:-1, 2:-2, 2:-2], atol=1e-5)
-    u, zooms = read_warp(tmp_path / "warp.nii.gz")
-    np.testing.assert_allclose(zooms, 2.0)
-    np.testing.assert_allclose(u[..., 0], 2.0, atol=1e-6)
-    np.testing.assert_allclose(u[..., 1:], 0.0, atol=1e-6)
+def test_train_atlas_publishes_a_model_that_loads_as_weights_only(run):
+    tmp = run["tmp"]
+    ckpt = torch.load(run["model"], weights_only=True)  # data only, no pickled code
+    assert ckpt["meta"]["shape"] == list(SHAPE)
+    assert ckpt["meta"]["age_range"] == [20.0, 60.0]
+    assert LearnedAtlas(run["model"]).shape == SHAPE
+    assert len(pd.read_csv(tmp / "out" / "losses.tsv", sep="\t")) == HYPER["steps"]
+    assert (tmp / "out" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert torch.load(tmp / "train" / "checkpoint.pt", weights_only=True)["step"] == 3
 
 
-def test_age_units():
-    np.testing.assert_allclose(to_years([6, 24], "months"), [0.5, 2.0])
-    np.testing.assert_allclose(to_years(30, "years"), 30.0)
+def test_job_functions_reject_unknown_or_missing_arguments(run, tmp_path):
+    with pytest.raises(TypeError, match="bogus"):
+        ljobs.fit_age_affines(
+            affines=[],
+            out_aarn=tmp_path / "a.pt",
+            out_table=tmp_path / "a.tsv",
+            ages=[],
+            sample_ages=[],
+            age_units="years",
+            seed=0,
+            bogus=1,
+        )
+    with pytest.raises(TypeError):
+        ljobs.evaluate(mask=run["mask"])  # keyword-only, outputs missing
+    with pytest.raises(ValueError, match="either images"):
+        ljobs.train_atlas(
+            out_model=tmp_path / "m.pt",
+            out_losses=tmp_path / "l.tsv",
+            out_loss_curve=tmp_path / "l.png",
+            hyper=HYPER,
+            checkpoint_dir=tmp_path,
+            device="cpu",
+            age_units="years",
+            threads=1,
+        )
+    assert not list(tmp_path.iterdir())
+
+
+def test_fit_age_affines_tabulates_growth_in_months(tmp_path):
+    """Normalisation affines scaling the reference by 0.8 at 1 month up to 1.0 at 24 months:
+    the tabulated isotropic scale grows with age and stays within 5 % of the truth."""
+    months = [1.0, 6.0, 12.0, 18.0, 24.0]
+    paths = []
+    for k, m in enumerate(months):
+        scale = 0.8 + 0.2 * (m - 1) / 23
+        tx = ants.create_ants_transform(
+            transform_type="AffineTransform", dimension=3, matrix=np.eye(3) * scale
+        )
+        paths.append(tmp_path / f"{k}.mat")
+        ants.write_transform(tx, str(paths[-1]))
+    ljobs.fit_age_affines(
+        affines=paths,
+        out_aarn=tmp_path / "aarn.pt",
+        out_table=tmp_path / "aarn.tsv",
+        ages=months,
+        sample_ages=[1, 24],
+        age_units="months",
+        seed=0,
+    )
+    table = pd.read_csv(tmp_path / "aarn.tsv", sep="\t").set_index("age")
+    assert list(table.columns[:4]) == ["scale", "log_scale_x", "log_scale_y", "log_scale_z"]
+    np.testing.assert_allclose(table.scale[[1, 24]], [0.8, 1.0], rtol=0.05)
+    assert AARN.load(tmp_path / "aarn.pt").ndim == 3
+
+
+def test_sample_atlases_writes_the_template_set_or_nothing(run, tmp_path):
+    aarn = AARN(3)
+    with torch.no_grad():
+        aarn.mlp[-1].bias[:3] = float(np.log(1.1))  # isotropic scale 1.1 at every age
+    aarn.save(tmp_path / "aarn.pt")
+    tpl = tmp_path / "tpl-tinyLearned"
+    atlases = [tpl / f"cohort-{k}" / f"tpl-tinyLearned_cohort-{k}_res-4_T1w.nii.gz" for k in (1, 2)]
+    scaled = [str(p).replace("_T1w", "_desc-agescaled_T1w") for p in atlases]
+    kwargs = dict(
+        model=run["model"],
+        out_description=tpl / "template_description.json",
+        out_montage=tmp_path / "montage.png",
+        ages=[240, 600],
+        age_units="months",
+        name="tinyLearned",
+        res_label="4",
+        threads=1,
+        aarn=tmp_path / "aarn.pt",
+    )
+    with pytest.raises(ValueError, match="age-scaled"):
+        ljobs.sample_atlases(out_atlases=atlases, **kwargs)  # out_scaled missing
+    assert not tpl.exists()
+    ljobs.sample_atlases(out_atlases=atlases, out_scaled=scaled, **kwargs)
+    desc = json.loads((tpl / "template_description.json").read_text())
+    assert desc["cohort"] == {
+        "1": {"age": [240.0], "units": "months"},
+        "2": {"age": [600.0], "units": "months"},
+    }
+    assert desc["res"]["4"]["shape"] == list(SHAPE)
+    assert desc["training"]["steps"] == HYPER["steps"] and "device" not in desc["training"]
+    img, big = nib.load(atlases[1]), nib.load(scaled[1])
+    np.testing.assert_allclose(img.affine, GRID)
+    np.testing.assert_array_equal(big.get_fdata(), img.get_fdata())
+    np.testing.assert_allclose(big.affine, np.diag([1.1, 1.1, 1.1, 1.0]) @ GRID, rtol=1e-5)
+    expected = LearnedAtlas(run["model"]).templates([50.0])[0][0]
+    np.testing.assert_allclose(img.get_fdata(), expected, atol=1e-6)  # batch of 2 vs 1
+    assert (tmp_path / "montage.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_registrations_and_evaluation_compare_both_methods(run, tmp_path):
+    """One-pass registration to the learned atlas and ANTs SyN to an iterative template,
+    with labels, measured by the same code; the evaluation table has one row per method."""
+    template = _save(
+        np.mean([nib.load(p).get_fdata() for p in run["images"]], 0), tmp_path / "t.nii.gz"
+    )
+    rows = {"learned": [], "iterative": []}
+    warps = {"learned": [], "iterative": []}
+    labels = {"learned": [], "iterative": []}
+    for i, age in enumerate(AGES[:2]):
+        common = dict(
+            image=run["images"][i],
+            mask=run["mask"],
+            img=f"sub-{i}",
+            age=age,
+            labels=run["labels"][i],
+            normalisation=run["normalisation"][i],
+            reference=run["reference"],
+        )
+        for method in rows:
+            rows[method].append(tmp_path / f"{method}_{i}.tsv")
+            warps[method].append(tmp_path / f"{method}_{i}_warp.nii.gz")
+            labels[method].append(tmp_path / f"{method}_{i}_dseg.nii.gz")
+        ljobs.register_subject(
+            model=run["model"],
+            out_warped=tmp_path / f"warped_{i}.nii.gz",
+            out_warp=warps["learned"][i],
+            out_inverse_warp=tmp_path / f"inverse_{i}.nii.gz",
+            out_row=rows["learned"][i],
+            out_labels=labels["learned"][i],
+            age_units="years",
+            threads=1,
+            **common,
+        )
+        ljobs.register_iterative(
+            template=template,
+            out_warp=warps["iterative"][i],
+            out_row=rows["iterative"][i],
+            out_labels=labels["iterative"][i],
+            params=iterative_registration_params(TEMPLATE),
+            **common,
+        )
+    warp = nib.load(warps["learned"][0])
+    assert warp.shape == (*SHAPE, 1, 3) and warp.header.get_intent()[0] == "vector"
+    assert set(np.unique(nib.load(labels["iterative"][0]).get_fdata())) <= {0, 1, 2}
+    ljobs.evaluate(
+        mask=run["mask"],
+        learned_rows=rows["learned"],
+        iterative_rows=rows["iterative"],
+        learned_warps=warps["learned"],
+        iterative_warps=warps["iterative"],
+        learned_labels=labels["learned"],
+        iterative_labels=labels["iterative"],
+        out_table=tmp_path / "evaluation.tsv",
+        out_subjects=tmp_path / "subjects.tsv",
+        learned_name="tinyLearned",
+        iterative_name="tiny",
+    )
+    table = pd.read_csv(tmp_path / "evaluation.tsv", sep="\t")
+    assert list(table.method) == ["learned", "iterative"]
+    assert list(table.template) == ["tinyLearned", "tiny"]
+    assert (table.n_subjects == 2).all() and (table.seconds_per_subject > 0).all()
+    assert ((table.dice > 0) & (table.dice <= 1)).all()
+    assert (table.centrality_mm <= table.mean_displacement_mm + 1e-9).all()
+    assert len(pd.read_csv(tmp_path / "subjects.tsv", sep="\t")) == 4
+
+
+def test_train_atlas_from_a_bids_dataset_with_labels(tmp_path):
+    """Dataset source (participants.tsv input): a 2D BIDS cohort with label maps, ages in
+    months; the sampled template carries learned label maps."""
+    rng = np.random.default_rng(3)
+    rows = []
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    for i in range(3):
+        anat = tmp_path / "bids" / f"sub-{i}" / "anat"
+        anat.mkdir(parents=True)
+        image = _blob(5 + i, rng)[:, :, 8:9]
+        _save(image, anat / f"sub-{i}_acq-slice_desc-norm_T1w.nii.gz", affine)
+        _save((image > 0.3).astype(np.int16), anat / f"sub-{i}_acq-slice_desc-seg_dseg.nii", affine)
+        rows.append({"participant_id": f"sub-{i}", "age": 240 + 120 * i, "sex": "F"})
+    pd.DataFrame(rows).to_csv(tmp_path / "bids" / "participants.tsv", sep="\t", index=False)
+    out = tmp_path / "out"
+    ljobs.train_atlas(
+        out_model=out / "model.pt",
+        out_losses=out / "losses.tsv",
+        out_loss_curve=out / "loss.png",
+        hyper=dict(HYPER, dice_weight=1.0),
+        checkpoint_dir=tmp_path / "train",
+        device="cpu",
+        age_units="months",
+        threads=1,
+        participants=tmp_path / "bids" / "participants.tsv",
+        image_suffix="desc-norm_T1w",
+        label_suffix="desc-seg_dseg",
+    )
+    atlas = LearnedAtlas(out / "model.pt")
+    assert atlas.shape == (16, 16) and atlas.disk_shape == (16, 16, 1)
+    assert atlas.meta["age_range"] == [20.0, 40.0] and atlas.meta["n_labels"] == 2
+    tpl = out / "tpl-dsLearned" / "cohort-1"
+    ljobs.sample_atlases(
+        model=out / "model.pt",
+        out_description=out / "tpl-dsLearned" / "template_description.json",
+        out_montage=out / "montage.png",
+        out_atlases=[tpl / "tpl-dsLearned_cohort-1_res-1_T1w.nii.gz"],
+        out_labels=[tpl / "tpl-dsLearned_cohort-1_res-1_dseg.nii.gz"],
+        ages=[300],
+        age_units="months",
+        name="dsLearned",
+        res_label="1",
+        threads=1,
+    )
+    dseg = nib.load(tpl / "tpl-dsLearned_cohort-1_res-1_dseg.nii.gz")
+    assert dseg.shape == (16, 16, 1) and dseg.get_data_dtype() == np.int16

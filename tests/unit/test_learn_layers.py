@@ -6,7 +6,14 @@ import pytest
 import torch
 from scipy import ndimage
 
-from atlas.learn.layers import ResizeTransform, SpatialTransformer, VecInt, compose, identity_grid
+from atlas.learn.layers import (
+    ResizeTransform,
+    SpatialTransformer,
+    VecInt,
+    compose,
+    identity_grid,
+    integrate_velocity,
+)
 
 torch.set_num_threads(1)
 
@@ -112,3 +119,36 @@ def test_resize_transform_rescales_vectors():
 def test_transformer_rejects_mismatched_field():
     with pytest.raises(ValueError):
         SpatialTransformer()(torch.zeros(1, 1, 8, 8), torch.zeros(1, 3, 8, 8))
+
+
+def _numpy_pull(field, displacement):
+    """``field ∘ (Id + displacement)`` for numpy ``(ndim, *S)`` arrays: linear interpolation,
+    border values outside (the convention of SpatialTransformer), by scipy."""
+    grid = np.indices(field.shape[1:], dtype=np.float64) + displacement
+    return np.stack([ndimage.map_coordinates(c, grid, order=1, mode="nearest") for c in field])
+
+
+@pytest.mark.parametrize("shape", [(32, 40), (20, 24, 18)])
+def test_integrate_velocity_inverts_with_minus_v(shape):
+    """exp(v) ∘ exp(-v) ≈ Id for numpy callers. The residual is the interpolation error of
+    the linearly interpolated fields: measured 0.016 voxel (2D) and 0.006 voxel (3D, on a
+    48x56x48 grid) for peak velocities of 2 and 1.5 voxels; 0.05 voxel is 3x that and 40x
+    below the displacement, which a wrong sign or composition order would leave in full."""
+    v = smooth_velocity(shape, 2.0, 4.0, seed=5)[0].numpy().astype(np.float64)
+    forward, backward = integrate_velocity(v), integrate_velocity(-v)
+    assert forward.dtype == np.float64 and forward.shape == v.shape
+    assert np.abs(forward).max() > 1.0
+    residual = backward + _numpy_pull(forward, backward)  # (φ+ ∘ φ-)(x) - x
+    inner = (slice(None),) + tuple(slice(3, -3) for _ in shape)
+    assert np.abs(residual[inner]).max() < 0.05
+
+
+def test_integrate_velocity_matches_numpy_scaling_and_squaring():
+    """The same scheme written with scipy (as in atlas.demo) agrees to float64 rounding."""
+    v = smooth_velocity((16, 18, 14), 1.5, 3.0, seed=6)[0].numpy().astype(np.float64)
+    u = v / 2**7
+    for _ in range(7):
+        u = u + _numpy_pull(u, u)
+    np.testing.assert_allclose(integrate_velocity(v, steps=7), u, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError):
+        integrate_velocity(np.zeros((3, 8, 8)))

@@ -14,8 +14,10 @@ torch.set_num_threads(1)
 @pytest.mark.parametrize("shape", [(1, 1, 32, 36), (2, 1, 12, 14, 16)])
 def test_ncc_of_identical_images_is_one(shape):
     a = torch.rand(shape, generator=torch.Generator().manual_seed(0)) + 0.1  # no flat window
-    assert losses.local_ncc(a, a, window=5).item() == pytest.approx(1.0, abs=1e-3)
-    assert losses.local_ncc(a, 3.0 * a + 1.0, window=5).item() == pytest.approx(1.0, abs=1e-3)
+    assert losses.mean_squared_local_ncc(a, a, window=5).item() == pytest.approx(1.0, abs=1e-3)
+    assert losses.mean_squared_local_ncc(a, 3.0 * a + 1.0, window=5).item() == pytest.approx(
+        1.0, abs=1e-3
+    )
     assert losses.ncc_loss(a, a, window=5).item() == pytest.approx(0.0, abs=1e-3)
 
 
@@ -23,7 +25,7 @@ def test_ncc_of_independent_noise_is_small():
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(1, 1, 64, 64, generator=g), torch.rand(1, 1, 64, 64, generator=g)
     # squared correlation of 81 independent pairs: expectation ~ 1/81
-    assert losses.local_ncc(a, b, window=9).item() < 0.05
+    assert losses.mean_squared_local_ncc(a, b, window=9).item() < 0.05
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 23, 19), (1, 1, 11, 13, 9)])
@@ -45,13 +47,15 @@ def test_separable_ncc_matches_brute_force_window_means(shape):
     ma, mb = mean(a), mean(b)
     cross, va, vb = mean(a * b) - ma * mb, mean(a * a) - ma * ma, mean(b * b) - mb * mb
     expected = (cross * cross / (va * vb + 1e-8)).mean()
-    torch.testing.assert_close(losses.local_ncc(a, b, window), expected, rtol=1e-10, atol=0)
+    torch.testing.assert_close(
+        losses.mean_squared_local_ncc(a, b, window), expected, rtol=1e-10, atol=0
+    )
 
 
 def test_ncc_rejects_even_window():
     a = torch.rand(1, 1, 8, 8)
     with pytest.raises(ValueError):
-        losses.local_ncc(a, a, window=4)
+        losses.mean_squared_local_ncc(a, a, window=4)
 
 
 def test_laplacian_of_quadratic_in_normalised_domain():

@@ -1,13 +1,16 @@
 """Training, resumption, sampling and registration of atlas.learn on tiny synthetic data."""
 
 import json
+import pickle
 
+import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
+from atlas import qc
 from atlas.learn import (
     AARN,
     Cohort,
@@ -17,7 +20,7 @@ from atlas.learn import (
     register_file,
     sample,
 )
-from atlas.learn.train import train
+from atlas.learn.training import progress_line, train
 
 torch.set_num_threads(1)
 
@@ -88,11 +91,11 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
 
     with pytest.raises(Kill):
         train(config, cohort, tmp_path / "killed", on_step=kill_at_5)
-    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)["step"] == 4
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["step"] == 4
     train(config, cohort, tmp_path / "killed")  # resumes at step 4
 
-    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=False)
-    b = torch.load(tmp_path / "killed" / "model.pt", weights_only=False)
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     ha = (tmp_path / "straight" / "losses.tsv").read_text()
@@ -145,6 +148,48 @@ def test_export_templateflow_layout(tiny_model, tmp_path):
 def test_montage_png(tiny_model, tmp_path):
     png = montage(tiny_model, [20, 50, 80], tmp_path / "m.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+    height, width = plt.imread(png).shape[:2]
+    assert width > 2 * height  # one row of three panels
+
+
+class Payload:
+    """Any picklable object: unpickling it runs code of the file's author's choosing."""
+
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_model_files_load_as_data_only(tiny_model, tmp_path):
+    """LearnedAtlas reads a model with weights_only=True: a file that would run code when
+    unpickled is refused, and the published model holds only tensors and plain values."""
+    ckpt = torch.load(tiny_model, weights_only=True)
+    assert set(ckpt) == {"config", "meta", "model"}
+    torch.save(dict(ckpt, extra=Payload()), tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        LearnedAtlas(tmp_path / "evil.pt")
+
+
+def test_progress_line_is_a_tqdm_meter_with_the_losses():
+    line = progress_line(30, 100, 20, 20.0, {"total": 0.5, "similarity": 0.25})
+    assert line.startswith(" 30%|") and "30/100" in line
+    assert "2.00s/step" in line and "<02:20" in line  # 10 steps in 20 s since the restart
+    assert line.endswith("total=0.5  similarity=0.25")
+
+
+def test_figures_show_their_data():
+    """The loss figure has one panel per loss term with the losses as drawn data; the
+    montage shows each atlas slice in its own panel, titled with its age."""
+    history = [{"total": 1.0 / (i + 1), "similarity": 0.5, "dice": 0.1} for i in range(100)]
+    fig = qc.plot_losses(history)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["total", "similarity", "dice"]
+    steps, values = fig.axes[0].lines[0].get_data()
+    np.testing.assert_array_equal(values, [h["total"] for h in history])
+    assert len(fig.axes[0].lines[1].get_xdata()) == 99  # moving average over 2 steps
+    dark, bright = np.zeros((20, 30)), np.ones((20, 30))
+    fig = qc.plot_age_montage([dark, bright], [20, 80.5], vmax=1.0)
+    assert [ax.get_title() for ax in fig.axes] == ["20 y", "80.5 y"]
+    np.testing.assert_array_equal(fig.axes[1].images[0].get_array(), bright.T)
+    assert fig.axes[0].images[0].get_clim() == (0, 1.0)
 
 
 def test_register_file_outputs(tiny_model, tmp_path):

@@ -1,11 +1,91 @@
-# Learned age-conditional atlas (atlas.learn): training, AARN, atlases at ages exported
-# as TemplateFlow, one-pass registration of each image to the atlas of its age, and an
-# evaluation against the iterative template. Targets: LEARNED_TARGETS (in `all` when
-# learned.enabled). Checkpoints stay in WORK/learned/train (not a Snakemake output), so
-# a killed or failed training resumes when the rule reruns.
+# Learned age-conditional atlas (config block learned): training, AARN, atlases at ages
+# exported as TemplateFlow, one-pass registration of each image to the atlas of its age, and
+# an evaluation against the iterative template. Decisions and checks are made at parse time
+# by atlas.learn.plan; job functions are in atlas/learn/jobs.py. Targets: LEARNED_TARGETS
+# (in `all` when learned.enabled). Checkpoints stay in WORK/learned/train (not a Snakemake
+# output), so a killed or failed training resumes when the rule reruns.
+from atlas.learn.plan import (
+    check_learned_config,
+    iterative_registration_params,
+    plan_learned,
+    train_params,
+    train_resources,
+)
+
+LCFG = config["learned"]
+LPLAN = plan_learned(LCFG, RES)
+LNAME = LPLAN.name
+LDIR = f"{OUT}/tpl-{LNAME}"
+LWORK = f"{WORK}/learned"
+FROM_COHORT = LPLAN.from_cohort
+LABELS = LPLAN.eval_labels
+N_AGES = len(LCFG["ages"])
+AGE = dict(zip(IMAGES.img, IMAGES.age))
+
+if LCFG["enabled"]:
+    try:
+        check_learned_config(LCFG, IMAGES)
+    except InputError as exc:
+        _stop(str(exc))
 
 
-include: "learned_common.smk"
+def learned_cohort_paths(suffix="T1w"):
+    return [
+        f"{LDIR}/cohort-{k}/tpl-{LNAME}_cohort-{k}_res-{LPLAN.res_label}_{suffix}.nii.gz"
+        for k in range(1, N_AGES + 1)
+    ]
+
+
+LEARNED = {
+    "model": f"{OUT}/learned/model.pt",
+    "losses": f"{OUT}/learned/losses.tsv",
+    "loss_curve": f"{FIG}/tpl-{LNAME}_desc-loss_plot.png",
+    "description": f"{LDIR}/template_description.json",
+    "atlases": learned_cohort_paths(),
+    "montage": f"{FIG}/tpl-{LNAME}_desc-ages_montage.png",
+}
+if LPLAN.use_aarn:
+    LEARNED["aarn"] = f"{OUT}/learned/aarn.pt"
+    LEARNED["aarn_table"] = f"{OUT}/learned/aarn.tsv"
+    LEARNED["scaled"] = learned_cohort_paths("desc-agescaled_T1w")
+if LPLAN.learns_labels:
+    LEARNED["labels"] = learned_cohort_paths("dseg")
+if FROM_COHORT:
+    LEARNED["evaluation"] = f"{OUT}/group/desc-learned_evaluation.tsv"
+    LEARNED["registration"] = f"{OUT}/group/desc-learnedregistration_table.tsv"
+LEARNED_TARGETS = [
+    *(v for k, v in LEARNED.items() if k not in ("atlases", "scaled", "labels")),
+    *LEARNED["atlases"],
+    *LEARNED.get("scaled", []),
+    *LEARNED.get("labels", []),
+    *(subject_files(f"space-{LNAME}_desc-preproc_T1w.nii.gz") if FROM_COHORT else []),
+]
+
+
+def learned_train_inputs(w):
+    if FROM_COHORT:
+        return {"images": subject_files(f"space-{REF}_desc-preproc_T1w.nii.gz")}
+    return {"participants": f"{LCFG['source']}/participants.tsv"}
+
+
+def learned_label_inputs(w):
+    if not LABELS:
+        return {}
+    return {
+        "labels": f"{BIDS_DIR}/{LABELS['dir']}/{w.subdir}/anat/{w.img}_desc-{LABELS['desc']}_dseg.nii.gz",
+        "normalisation": subject_file(w.img, f"from-T1w_to-{REF}_mode-image_xfm.mat"),
+        "reference": rules.reference.output.out_image,
+    }
+
+
+def learned_label_output(method):
+    if not LABELS:
+        return {}
+    return {"out_labels": f"{LWORK}/eval/{method}/{{subdir}}/{{img}}_dseg.nii.gz"}
+
+
+def learned_eval_files(method, name):
+    return [f"{LWORK}/eval/{method}/{SUBDIR[i]}/{i}_{name}" for i in IMAGES.img]
 
 
 rule learned_train:
@@ -25,19 +105,14 @@ rule learned_train:
         ENV
     threads: config["threads_per_job"]
     resources:
-        **learned_train_resources(),
+        **train_resources(LCFG, job_resources()),
     params:
-        step="learn.jobs.train_atlas",
+        **train_params(LCFG, IMAGES),
+        step="learn.train_atlas",
         hyper=LCFG["train"],
         checkpoint_dir=f"{LWORK}/train",
-        device=LEARNED_DEVICE,
+        device=LPLAN.device,
         age_units=LCFG["age_units"],
-        source="cohort" if FROM_COHORT else LCFG["source"],
-        image_suffix=LCFG["image_suffix"],
-        label_suffix=LCFG["label_suffix"],
-        ages=list(IMAGES.age) if FROM_COHORT else [],
-        sex=list(IMAGES.sex.astype(str)) if FROM_COHORT else None,
-        subjects=list(IMAGES.img) if FROM_COHORT else [],
         threads=lambda w, threads: threads,
     script:
         RUN
@@ -56,7 +131,7 @@ rule learned_aarn:
     resources:
         **job_resources(),
     params:
-        step="learn.jobs.fit_age_affines",
+        step="learn.fit_age_affines",
         ages=list(IMAGES.age),
         sample_ages=LCFG["ages"],
         age_units=LCFG["age_units"],
@@ -67,11 +142,11 @@ rule learned_aarn:
 
 rule learned_sample:
     input:
-        **({"aarn": LEARNED["aarn"]} if USE_AARN else {}),
+        **({"aarn": LEARNED["aarn"]} if LPLAN.use_aarn else {}),
         model=LEARNED["model"],
     output:
-        **({"out_scaled": LEARNED["scaled"]} if USE_AARN else {}),
-        **({"out_labels": LEARNED["labels"]} if "labels" in LEARNED else {}),
+        **({"out_scaled": LEARNED["scaled"]} if LPLAN.use_aarn else {}),
+        **({"out_labels": LEARNED["labels"]} if LPLAN.learns_labels else {}),
         out_description=LEARNED["description"],
         out_atlases=LEARNED["atlases"],
         out_montage=report(
@@ -87,11 +162,11 @@ rule learned_sample:
     resources:
         **job_resources(),
     params:
-        step="learn.jobs.sample_atlases",
+        step="learn.sample_atlases",
         ages=LCFG["ages"],
         age_units=LCFG["age_units"],
         name=LNAME,
-        res_label=LRES,
+        res_label=LPLAN.res_label,
         threads=lambda w, threads: threads,
     script:
         RUN
@@ -117,7 +192,7 @@ rule learned_register:
     resources:
         **job_resources(),
     params:
-        step="learn.jobs.register_subject",
+        step="learn.register_subject",
         img=lambda w: w.img,
         age=lambda w: AGE[w.img],
         age_units=LCFG["age_units"],
@@ -144,10 +219,10 @@ rule learned_register_iterative:
     resources:
         **job_resources(),
     params:
-        step="learn.jobs.register_iterative",
+        step="learn.register_iterative",
         img=lambda w: w.img,
         age=lambda w: AGE[w.img],
-        params=dict(config["template"]["affine"], **config["template"]["syn"]),
+        params=iterative_registration_params(config["template"]),
     script:
         RUN
 
@@ -175,7 +250,7 @@ rule learned_evaluation:
     resources:
         **job_resources(),
     params:
-        step="learn.jobs.evaluation",
+        step="learn.evaluate",
         learned_name=LNAME,
         iterative_name=TPL,
     script:

@@ -1,10 +1,11 @@
 """Use a trained conditional atlas: atlases at given ages, TemplateFlow export, montage,
 and one-pass registration of a subject to the atlas of its age.
 
-Entry points for workflow rules: :func:`sample` (atlases at ages -> NIfTI),
-:func:`export_templateflow`, :func:`montage` and :func:`register_file`; all read the
-``model.pt`` written by :func:`atlas.learn.train.train`. :class:`LearnedAtlas` is the
-in-memory interface they share.
+:class:`LearnedAtlas` is the in-memory interface (atlases at ages as arrays, one-pass
+registration, :func:`templateflow_description`, :func:`montage_slices`); :func:`sample`,
+:func:`export_templateflow`, :func:`montage` and :func:`register_file` write its results
+for scripts and notebooks (the workflow's jobs are in :mod:`atlas.learn.jobs`). All read
+the ``model.pt`` written by :func:`atlas.learn.training.train`.
 
 Outputs live on the training grid (the on-disk shape and voxel-to-world affine of the
 training images). Written warps are displacement fields in mm with RAS world components,
@@ -13,25 +14,26 @@ stored as NIfTI vector images ``(X, Y, Z, 1, 3)`` (intent "vector").
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
+from .. import io, qc
 from .aarn import AARN
-from .data import attribute_matrix, training_spacing, write_nifti
+from .data import attribute_matrix, to_disk, training_spacing
 from .layers import SpatialTransformer
-from .train import build_model, resolve_device
+from .training import build_model, load_checkpoint, resolve_device
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Registration:
+class LearnedRegistration:
     """Result of registering one subject to the atlas of its age.
 
     Attributes
@@ -59,7 +61,7 @@ class LearnedAtlas:
 
     Parameters
     ----------
-    path : ``model.pt`` (or ``checkpoint.pt``) written by :func:`atlas.learn.train.train`.
+    path : ``model.pt`` (or ``checkpoint.pt``) written by :func:`atlas.learn.training.train`.
     device : ``"auto"``, ``"cpu"`` or ``"cuda"``.
 
     Raises
@@ -72,7 +74,7 @@ class LearnedAtlas:
         if not path.exists():
             raise FileNotFoundError(path)
         self.device = resolve_device(device)
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        ckpt = load_checkpoint(path, self.device)
         self.config, self.meta = ckpt["config"], ckpt["meta"]
         self.model = build_model(self.config, self.meta).to(self.device)
         self.model.load_state_dict(ckpt["model"])
@@ -115,7 +117,7 @@ class LearnedAtlas:
         return tpl[:, 0], labels
 
     @torch.no_grad()
-    def register(self, image, age: float, sex=None, labels=None) -> Registration:
+    def register(self, image, age: float, sex=None, labels=None) -> LearnedRegistration:
         """Register a subject (fixed) to the atlas of its age (moving) in one forward pass.
 
         Parameters
@@ -128,7 +130,7 @@ class LearnedAtlas:
 
         Returns
         -------
-        :class:`Registration`.
+        :class:`LearnedRegistration`.
 
         Raises
         ------
@@ -153,7 +155,7 @@ class LearnedAtlas:
             if np.size(labels) == np.prod(self.shape):
                 warped_labels = warped_labels[0]
         seconds = time.perf_counter() - tic
-        return Registration(
+        return LearnedRegistration(
             atlas=out["template"][0, 0].cpu().numpy(),
             warped=warped[0, 0].cpu().numpy(),
             displacement=out["displacement"][0].movedim(0, -1).cpu().numpy(),
@@ -167,18 +169,27 @@ class LearnedAtlas:
         kept = [i for i, n in enumerate(self.disk_shape) if n != 1]
         return displacement @ self.affine[:3, kept].T
 
-    def write(self, array, path, dtype=np.float32, affine=None):
-        """Write a ``(*S)`` training-space array as NIfTI on the training grid."""
-        return write_nifti(
-            array, self.affine if affine is None else affine, self.disk_shape, path, dtype
-        )
+    def write(self, array, path, dtype=np.float32, affine=None, vector: bool = False) -> Path:
+        """Write a ``(*S)`` training-space array (``(*S, k)`` when ``vector``) as NIfTI on the
+        training grid (or with the header ``affine``), atomically."""
+        affine = self.affine if affine is None else affine
+        data = to_disk(array, self.disk_shape, vector)
+        return io.write_nifti(data, affine, path, dtype, intent="vector" if vector else None)
 
 
 def _age_tag(age: float) -> str:
     return f"{age:g}".replace(".", "p")
 
 
-def _aarn_affine(aarn: AARN | None, age: float, affine: np.ndarray) -> np.ndarray:
+def age_scaled_affine(aarn: AARN | None, age: float, affine: np.ndarray) -> np.ndarray:
+    """``M(age) @ affine``: the header affine returning an atlas on the grid ``affine`` to
+    the mean head size and position at ``age`` (years) predicted by ``aarn`` (3D);
+    ``affine`` itself when ``aarn`` is None.
+
+    Raises
+    ------
+    ValueError for a 2D AARN.
+    """
     if aarn is None:
         return affine
     if aarn.ndim != 3:
@@ -192,7 +203,7 @@ def sample(model_path, ages, out_dir, sex=None, aarn: AARN | None = None, device
 
     Parameters
     ----------
-    model_path : ``model.pt`` from :func:`atlas.learn.train.train`.
+    model_path : ``model.pt`` from :func:`atlas.learn.training.train`.
     ages : iterable of ages in years (``62.5`` is written ``age-62p5``).
     out_dir : output folder (created).
     sex : 0/1 for sex-conditioned models, else None.
@@ -209,9 +220,9 @@ def sample(model_path, ages, out_dir, sex=None, aarn: AARN | None = None, device
     atlas = LearnedAtlas(model_path, device)
     ages = [float(a) for a in ages]
     images, labels = atlas.templates(ages, None if sex is None else [sex] * len(ages))
+    affines = [age_scaled_affine(aarn, age, atlas.affine) for age in ages]
     paths = []
-    for i, age in enumerate(ages):
-        affine = _aarn_affine(aarn, age, atlas.affine)
+    for i, (age, affine) in enumerate(zip(ages, affines, strict=True)):
         stem = Path(out_dir) / f"atlas_age-{_age_tag(age)}"
         paths.append(atlas.write(images[i], f"{stem}_T1w.nii.gz", affine=affine))
         if labels is not None:
@@ -219,15 +230,46 @@ def sample(model_path, ages, out_dir, sex=None, aarn: AARN | None = None, device
     return paths
 
 
+def templateflow_description(atlas: LearnedAtlas, ages, name: str, res=1) -> dict:
+    """``template_description.json`` of a TemplateFlow-style template with one cohort per
+    age: ``Name``, ``Identifier``, ``cohort`` (``{"1": {"age": [20.0], "units": "years"},
+    ...}``) and ``res`` (shape, zooms and origin of the training grid).
+
+    Raises
+    ------
+    ValueError if ``name`` is not alphanumeric (TemplateFlow rule).
+    """
+    if not name.isalnum():
+        raise ValueError(f"template name must be alphanumeric, got {name!r}")
+    cohorts = {str(k): {"age": [float(age)], "units": "years"} for k, age in enumerate(ages, 1)}
+    return {
+        "Name": f"{name}: learned age-conditional template (Dalca et al. 2019)",
+        "Identifier": name,
+        "cohort": cohorts,
+        "res": {
+            str(res): {
+                "shape": list(atlas.disk_shape),
+                "zooms": np.sqrt((atlas.affine[:3, :3] ** 2).sum(0)).round(6).tolist(),
+                "origin": atlas.affine[:3, 3].round(6).tolist(),
+            }
+        },
+    }
+
+
+def templateflow_name(name: str, cohort: int, res, suffix: str = "T1w") -> str:
+    """``cohort-<k>/tpl-<name>_cohort-<k>_res-<res>_<suffix>.nii.gz`` inside ``tpl-<name>``."""
+    return f"cohort-{cohort}/tpl-{name}_cohort-{cohort}_res-{res}_{suffix}.nii.gz"
+
+
 def export_templateflow(
     model_path, ages, out_root, name: str, res: int = 1, sex=None, aarn=None, device="cpu"
 ) -> Path:
     """Export atlases at ``ages`` as a TemplateFlow-style template with one cohort per age.
 
-    Writes ``<out_root>/tpl-<name>/cohort-<k>/tpl-<name>_cohort-<k>_res-<res>_T1w.nii.gz``
-    (``k = 1..len(ages)``; ``..._dseg.nii.gz`` too when labels were learned) and
-    ``tpl-<name>/template_description.json`` with, per cohort, its age and units
-    (``{"cohort": {"1": {"age": [20.0], "units": "years"}, ...}, "res": {...}}``).
+    Writes ``<out_root>/tpl-<name>/`` + :func:`templateflow_name` for ``k = 1..len(ages)``
+    (``..._dseg.nii.gz`` too when labels were learned) and ``template_description.json``
+    (:func:`templateflow_description`). Everything is computed before the first file is
+    written, and each file is written atomically.
 
     Parameters
     ----------
@@ -245,57 +287,25 @@ def export_templateflow(
     ------
     ValueError if ``name`` is not alphanumeric.
     """
-    if not name.isalnum():
-        raise ValueError(f"template name must be alphanumeric, got {name!r}")
     atlas = LearnedAtlas(model_path, device)
     ages = [float(a) for a in ages]
     images, labels = atlas.templates(ages, None if sex is None else [sex] * len(ages))
+    description = templateflow_description(atlas, ages, name, res)
+    affines = [age_scaled_affine(aarn, age, atlas.affine) for age in ages]
     root = Path(out_root) / f"tpl-{name}"
-    cohorts = {}
-    for k, age in enumerate(ages, start=1):
-        stem = root / f"cohort-{k}" / f"tpl-{name}_cohort-{k}_res-{res}"
-        affine = _aarn_affine(aarn, age, atlas.affine)
-        atlas.write(images[k - 1], f"{stem}_T1w.nii.gz", affine=affine)
+    for k, affine in enumerate(affines, start=1):
+        atlas.write(images[k - 1], root / templateflow_name(name, k, res), affine=affine)
         if labels is not None:
-            atlas.write(labels[k - 1], f"{stem}_dseg.nii.gz", np.int16, affine)
-        cohorts[str(k)] = {"age": [age], "units": "years"}
-    description = {
-        "Name": f"{name}: learned age-conditional template (Dalca et al. 2019)",
-        "Identifier": name,
-        "cohort": cohorts,
-        "res": {
-            str(res): {
-                "shape": list(atlas.disk_shape),
-                "zooms": np.sqrt((atlas.affine[:3, :3] ** 2).sum(0)).round(6).tolist(),
-                "origin": atlas.affine[:3, 3].round(6).tolist(),
-            }
-        },
-    }
-    (root / "template_description.json").write_text(json.dumps(description, indent=2) + "\n")
+            path = root / templateflow_name(name, k, res, "dseg")
+            atlas.write(labels[k - 1], path, np.int16, affine)
+    io.write_json(description, root / "template_description.json")
     return root
 
 
-def montage(model_path_or_atlas, ages, png, sex=None) -> Path:
-    """Save a PNG row of the atlases at ``ages`` (years).
-
-    Images are reoriented to RAS with the training affine; a slice cohort shows its slice,
-    a 3D atlas its middle axial slice, with the higher world axis pointing up.
-    ``model_path_or_atlas`` is a ``model.pt`` path or a :class:`LearnedAtlas`.
-    Returns the PNG path.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import nibabel as nib
-
-    atlas = (
-        model_path_or_atlas
-        if isinstance(model_path_or_atlas, LearnedAtlas)
-        else LearnedAtlas(model_path_or_atlas)
-    )
-    ages = [float(a) for a in ages]
-    images, _ = atlas.templates(ages, None if sex is None else [sex] * len(ages))
+def montage_slices(atlas: LearnedAtlas, images) -> list[np.ndarray]:
+    """The slice of each ``(N, *S)`` atlas shown by :func:`montage`: reoriented to RAS with
+    the training affine, a slice cohort's slice or a 3D atlas's middle axial slice, as
+    ``(x, y)`` arrays (first axis left to right, second pointing up)."""
     ornt = nib.orientations.io_orientation(atlas.affine)
     ras_shape = [atlas.disk_shape[int(i)] for i in ornt[:, 0]]
     axis = ras_shape.index(1) if 1 in ras_shape else 2
@@ -303,18 +313,23 @@ def montage(model_path_or_atlas, ages, png, sex=None) -> Path:
     for img in images:
         vol = nib.orientations.apply_orientation(img.reshape(atlas.disk_shape), ornt)
         slices.append(np.take(vol, vol.shape[axis] // 2, axis=axis))
-    fig, axes = plt.subplots(1, len(ages), figsize=(2.2 * len(ages), 2.8), squeeze=False)
+    return slices
+
+
+def montage(model_path_or_atlas, ages, png, sex=None) -> Path:
+    """Save a PNG row of the atlases at ``ages`` (years) (:func:`montage_slices`, drawn by
+    :func:`atlas.qc.plot_age_montage`). ``model_path_or_atlas`` is a ``model.pt`` path or a
+    :class:`LearnedAtlas`. Returns the PNG path."""
+    atlas = (
+        model_path_or_atlas
+        if isinstance(model_path_or_atlas, LearnedAtlas)
+        else LearnedAtlas(model_path_or_atlas)
+    )
+    ages = [float(a) for a in ages]
+    images, _ = atlas.templates(ages, None if sex is None else [sex] * len(ages))
     vmax = float(np.percentile(images, 99.5))
-    for ax, img, age in zip(axes[0], slices, ages, strict=True):
-        ax.imshow(img.T, cmap="gray", vmin=0, vmax=vmax, origin="lower")
-        ax.set_title(f"{age:g} y")
-        ax.axis("off")
-    fig.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
+    io.save_figure(qc.plot_age_montage(montage_slices(atlas, images), ages, vmax), png)
+    return Path(png)
 
 
 def register_file(
@@ -336,28 +351,18 @@ def register_file(
     -------
     dict of written paths plus ``seconds`` (forward-pass time).
     """
-    import nibabel as nib
-
     atlas = LearnedAtlas(model_path, device)
     image = np.asarray(nib.load(image_path).dataobj, dtype=np.float32)
     labels = None if label_path is None else np.asarray(nib.load(label_path).dataobj)
     result = atlas.register(image, age, sex, labels)
     stem = Path(out_dir) / Path(image_path).name.split(".nii")[0]
+    forward = atlas.world_displacement(result.displacement)
+    inverse = atlas.world_displacement(result.inverse_displacement)
     out = {
         "warped": atlas.write(result.warped, f"{stem}_space-atlas_T1w.nii.gz"),
-        "warp": write_nifti(
-            atlas.world_displacement(result.displacement),
-            atlas.affine,
-            atlas.disk_shape,
-            f"{stem}_from-atlas_to-subject_xfm.nii.gz",
-            intent="vector",
-        ),
-        "inverse_warp": write_nifti(
-            atlas.world_displacement(result.inverse_displacement),
-            atlas.affine,
-            atlas.disk_shape,
-            f"{stem}_from-subject_to-atlas_xfm.nii.gz",
-            intent="vector",
+        "warp": atlas.write(forward, f"{stem}_from-atlas_to-subject_xfm.nii.gz", vector=True),
+        "inverse_warp": atlas.write(
+            inverse, f"{stem}_from-subject_to-atlas_xfm.nii.gz", vector=True
         ),
         "seconds": result.seconds,
     }

@@ -1,0 +1,126 @@
+"""What the learned-atlas rules run, from the config block ``learned`` (read at parse time).
+
+``workflow/rules/learned.smk`` calls these functions when the workflow is parsed; they
+decide and check, and the rules only name paths. Nothing here imports torch or ANTs, so
+parsing stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..io import InputError
+from .data import sex_codes
+
+
+@dataclass(frozen=True)
+class LearnedPlan:
+    """Decisions derived from the ``learned`` block.
+
+    Attributes
+    ----------
+    name : template identifier of the outputs, ``<learned.name>Learned``.
+    from_cohort : train on this run's normalised images (``learned.source: cohort``)
+        rather than on a BIDS dataset already aligned to one grid.
+    res_label : ``res-`` label of the atlas files (the run's resolution label for a
+        cohort source, ``"1"`` for a dataset).
+    use_aarn : fit the age-conditional affine network (cohort source with ``aarn``).
+    learns_labels : the atlas learns label channels (``train.dice_weight > 0``).
+    eval_labels : ``evaluation_labels`` for a cohort source, else None (no evaluation).
+    device : torch device of the training job (``"cuda"`` with ``use_gpu``, else
+        ``"auto"``: CUDA when visible, else CPU).
+    """
+
+    name: str
+    from_cohort: bool
+    res_label: str
+    use_aarn: bool
+    learns_labels: bool
+    eval_labels: dict | None
+    device: str
+
+
+def plan_learned(lcfg: dict, res_label: str) -> LearnedPlan:
+    """The :class:`LearnedPlan` of config block ``lcfg`` for a run at ``res_label``."""
+    from_cohort = lcfg["source"] == "cohort"
+    return LearnedPlan(
+        name=f"{lcfg['name']}Learned",
+        from_cohort=from_cohort,
+        res_label=res_label if from_cohort else "1",
+        use_aarn=bool(lcfg["aarn"]) and from_cohort,
+        learns_labels=lcfg["train"]["dice_weight"] > 0,
+        eval_labels=lcfg["evaluation_labels"] if from_cohort else None,
+        device="cuda" if lcfg["use_gpu"] else "auto",
+    )
+
+
+def check_learned_config(lcfg: dict, images: pd.DataFrame) -> None:
+    """Reject ``learned`` settings the run cannot honour, before any job starts.
+
+    ``images`` is the run's image table (:func:`atlas.bids.find_t1w`: columns ``img``,
+    ``age``, ``sex``).
+
+    Raises
+    ------
+    atlas.io.InputError naming the config key: a cohort source with an image without age,
+    fewer than two images, or ``train.use_sex`` with an image without F/M sex; a dataset
+    source without ``participants.tsv``; ``train.dice_weight > 0`` without a dataset source
+    and ``label_suffix``.
+    """
+    from_cohort = lcfg["source"] == "cohort"
+    if from_cohort:
+        missing = images.img[images.age.isna()]
+        if len(missing):
+            raise InputError(
+                "config key learned.source: the cohort source needs an age for every image; "
+                "missing for " + ", ".join(missing)
+            )
+        if len(images) < 2:
+            raise InputError("config key learned.source: the cohort source needs two images")
+        if lcfg["train"]["use_sex"] and sex_codes(images.sex) is None:
+            raise InputError(
+                "config key learned.train.use_sex: needs sex F or M for every image in "
+                "participants.tsv"
+            )
+    elif not Path(lcfg["source"], "participants.tsv").is_file():
+        raise InputError(f"config key learned.source: no participants.tsv in {lcfg['source']!r}")
+    if lcfg["train"]["dice_weight"] > 0 and (from_cohort or not lcfg["label_suffix"]):
+        raise InputError(
+            "config key learned.train.dice_weight: > 0 needs a dataset source "
+            "(learned.source) with learned.label_suffix"
+        )
+
+
+def train_params(lcfg: dict, images: pd.DataFrame) -> dict:
+    """The cohort params of the training job (:func:`atlas.learn.jobs.train_atlas`):
+    ``ages`` (in ``learned.age_units``), ``sex`` (F, M or n/a) and ``subjects`` of the run's
+    images for a cohort source; the file endings ``image_suffix`` and ``label_suffix`` (the
+    latter only when labels are learned) for a dataset source."""
+    if lcfg["source"] == "cohort":
+        return {
+            "ages": [float(a) for a in images.age],
+            "sex": [str(s) if str(s) in ("F", "M") else "n/a" for s in images.sex],
+            "subjects": list(images.img),
+        }
+    learns_labels = lcfg["train"]["dice_weight"] > 0
+    return {
+        "image_suffix": lcfg["image_suffix"],
+        "label_suffix": lcfg["label_suffix"] if learns_labels else None,
+    }
+
+
+def train_resources(lcfg: dict, resources: dict) -> dict:
+    """``resources`` of the training job, with ``gpu=1`` when ``learned.use_gpu``."""
+    return dict(resources, gpu=1) if lcfg["use_gpu"] else dict(resources)
+
+
+def iterative_registration_params(tcfg: dict) -> dict:
+    """Settings of the ANTs affine + SyN registration to the iterative template in the
+    evaluation: those of the template's SyN iterations (one source,
+    :func:`atlas.template.plan.stage_params`)."""
+    from ..template.plan import stage_params
+
+    return stage_params(tcfg["affine_iterations"], tcfg)
