@@ -25,24 +25,23 @@ from .io import InputError
 from .preprocess.reference import mni152_path
 
 
-def _exp_velocity(v: np.ndarray, steps: int = 7) -> np.ndarray:
-    """Displacement (voxels, (3, X, Y, Z)) = exp(v) by scaling and squaring (Arsigny 2006)."""
-    u = v / 2**steps
-    grid = np.indices(v.shape[1:], dtype=np.float64)
-    for _ in range(steps):
-        u = u + np.stack([ndimage.map_coordinates(c, grid + u, order=1, mode="nearest") for c in u])
-    return u
-
-
 def synthetic_subject(
     template: np.ndarray, spacing_mm: float, age: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """One synthetic T1w volume (same grid as ``template``, arbitrary units >= 0)."""
+    """One synthetic T1w volume (same grid as ``template``, arbitrary units >= 0).
+
+    ``template``: ``(X, Y, Z)`` array on a ``spacing_mm`` isotropic grid; ``age`` in years.
+    The warp is a stationary velocity field (Gaussian-smoothed noise, sigma 12 mm, peak
+    3 mm) integrated by scaling and squaring (:func:`atlas.learn.layers.integrate_velocity`;
+    Arsigny et al. 2006).
+    """
+    from .learn.layers import integrate_velocity
+
     shape = template.shape
     sigma_vox = 12.0 / spacing_mm
     v = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape), sigma_vox) for _ in range(3)])
     v *= (3.0 / spacing_mm) / (np.abs(v).max() + 1e-12)  # peak velocity 3 mm
-    u = _exp_velocity(v)
+    u = integrate_velocity(v)
     scale = 1.0 - 0.002 * max(age - 20.0, 0.0)
     angles = np.deg2rad(rng.uniform(-4, 4, 3))
     cx, cy, cz = np.cos(angles)

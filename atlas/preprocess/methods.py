@@ -135,7 +135,7 @@ def crop_to_mask(
     idx = np.argwhere(arr)
     pad = np.ceil(margin_mm / np.asarray(image.spacing)).astype(int)
     lo = np.maximum(idx.min(0) - pad, 0)
-    hi = np.minimum(idx.max(0) + pad, np.asarray(arr.shape) - 1)
+    hi = np.minimum(idx.max(0) + pad + 1, np.asarray(arr.shape))  # crop_indices: end excluded
     return ants.crop_indices(image, lo.tolist(), hi.tolist())
 
 

@@ -121,6 +121,26 @@ def test_normalisation_aligns_subjects_to_the_reference(cohort):
         assert ncc(moved.numpy(), ref.numpy(), m) > ncc(before, ref.numpy(), m) + 0.02
 
 
+def test_cohort_reference_normalises_rigidly(cohort, tmp_path):
+    """``reference: cohort`` stops at the rigid stage: the affine is a rotation (no scaling
+    or shear), so the template's affine iterations find the cohort's own size."""
+    from atlas.registration import read_affine_ras
+
+    pjobs.normalise(
+        image=cohort["pre"][2],
+        reference_image=cohort["ref"],
+        out_affine=tmp_path / "rigid.mat",
+        out_warped=tmp_path / "rigid.nii.gz",
+        rigid_only=True,
+        affine_params=AFFINE,
+    )
+    rigid = read_affine_ras(tmp_path / "rigid.mat")[:3, :3]
+    np.testing.assert_allclose(rigid @ rigid.T, np.eye(3), atol=1e-5)
+    full = read_affine_ras(cohort["affine"][2])[:3, :3]
+    # the third subject (70 y) is 10 % smaller than the reference: the full affine scales
+    assert abs(np.linalg.det(full) - 1.0) > 0.05
+
+
 def test_template_iterations_and_final_outputs(cohort):
     tmp, imgs = cohort["tmp"], list(cohort["images"].img)
     check_template_config(TEMPLATE)

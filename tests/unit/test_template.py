@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from atlas import metrics
-from atlas.demo import _exp_velocity
+from atlas.learn.layers import integrate_velocity
 from atlas.preprocess import mni152_path, reference_grid
 from atlas.registration import register, set_determinism
 from atlas.template import average_images, shape_update
@@ -84,7 +84,7 @@ def _deform(image, velocity_scale, seed):
     v *= velocity_scale / np.abs(v).max()
     out = []
     for sign in (1, -1):
-        u = _exp_velocity(sign * v)
+        u = integrate_velocity(sign * v)
         arr = ndimage.map_coordinates(
             image.numpy(), np.indices(image.shape, dtype=float) + u, order=1
         )
