@@ -64,6 +64,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -149,16 +150,20 @@ def ants_baseline(cohort, seg24, train_idx, test_idx, voters, n_template):
         return ants.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
     def register(template, i):
-        tic = time.perf_counter()
-        reg = ants.registration(template, to_ants(cohort.images[i]), **syn)
-        seconds = time.perf_counter() - tic
-        carried = [
-            ants.apply_transforms(
-                template, to_ants(lab[i]), reg["fwdtransforms"], interpolator="genericLabel"
-            ).numpy()
-            for lab in (cohort.labels, seg24)
-        ]
-        jac = ants.create_jacobian_determinant_image(template, reg["fwdtransforms"][0]).numpy()
+        with tempfile.TemporaryDirectory(prefix="atlas-bench-") as tmp:
+            tic = time.perf_counter()
+            reg = ants.registration(
+                template, to_ants(cohort.images[i]), outprefix=f"{tmp}/r", **syn
+            )
+            seconds = time.perf_counter() - tic
+            fwd = reg["fwdtransforms"]
+            carried = [
+                ants.apply_transforms(
+                    template, to_ants(lab[i]), fwd, interpolator="genericLabel"
+                ).numpy()
+                for lab in (cohort.labels, seg24)
+            ]
+            jac = ants.create_jacobian_determinant_image(template, fwd[0]).numpy()
         return carried, seconds, jac
 
     out = {"templates": {}, "maps": {}, "rows": []}

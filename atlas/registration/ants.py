@@ -80,8 +80,7 @@ def register(
     if transform == "SyN" and (warp_out is None or inverse_warp_out is None):
         raise ValueError("a SyN stage needs warp_out and inverse_warp_out")
     kw = registration_kwargs(params)
-    tmpdir = tempfile.mkdtemp(prefix="atlas-reg-")
-    try:
+    with tempfile.TemporaryDirectory(prefix="atlas-reg-") as tmpdir:
         out = ants.registration(
             fixed,
             moving,
@@ -108,8 +107,6 @@ def register(
             with atomic_path(dst) as tmp:
                 shutil.copyfile(src, tmp)
         return out["warpedmovout"]
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 @dataclass(frozen=True)
