@@ -89,6 +89,20 @@ def atomic_path(path):
             tmp.unlink()
 
 
+def write_all(writes) -> None:
+    """Write several outputs all or none.
+
+    ``writes`` is a sequence of ``(writer, obj, path)``; each ``writer(obj, tmp)`` (one of
+    the writers below) writes to a temporary sibling of its ``path``. The temporary files
+    replace their paths only once every write succeeded, so a failing write leaves none of
+    the outputs (and no temporary file) behind.
+    """
+    with contextlib.ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_path(path)) for _, _, path in writes]
+        for (write, obj, _), tmp in zip(writes, tmps, strict=True):
+            write(obj, tmp)
+
+
 def write_image(image, path) -> None:
     """Write an ``ants.ANTsImage`` atomically (see :func:`atomic_path`)."""
     import ants

@@ -22,8 +22,7 @@ def reference(*, out_image, out_mask, reference, reference_mask, resolution, mar
     io.check_nifti(path)
     mask = _read(reference_mask) if reference_mask else None
     ref, ref_mask = reference_grid(_read(path), resolution, mask, margin_mm)
-    io.write_image(ref, out_image)
-    io.write_image(ref_mask, out_mask)
+    io.write_all([(io.write_image, ref, out_image), (io.write_image, ref_mask, out_mask)])
 
 
 def preprocess_image(t1w, reference_image, settings: dict):
@@ -48,9 +47,13 @@ def preprocess_image(t1w, reference_image, settings: dict):
 def preprocess(*, t1w, reference_image, out_image, out_mask, out_json, settings):
     """Preprocess one T1w image: the preprocessed image, its brain mask and a JSON sidecar."""
     image, mask, info = preprocess_image(t1w, reference_image, settings)
-    io.write_image(image, out_image)
-    io.write_image(mask, out_mask)
-    io.write_json(info, out_json)
+    io.write_all(
+        [
+            (io.write_image, image, out_image),
+            (io.write_image, mask, out_mask),
+            (io.write_json, info, out_json),
+        ]
+    )
 
 
 def normalise(*, image, reference_image, out_affine, out_warped, rigid_only, affine_params):

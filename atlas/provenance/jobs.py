@@ -11,5 +11,4 @@ def dataset_files(*, out_json, out_config, name, bids_dir, config):
     config with software versions (``atlas_config.json``)."""
     description = dataset_description(name, bids_dir)
     snapshot = {"config": config, "software": software_versions()}
-    io.write_json(description, out_json)
-    io.write_json(snapshot, out_config)
+    io.write_all([(io.write_json, description, out_json), (io.write_json, snapshot, out_config)])

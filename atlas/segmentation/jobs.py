@@ -4,7 +4,7 @@ Each rule names its function in ``params.step`` (``segmentation.<function>``);
 ``workflow/scripts/run.py`` calls it with the rule's named inputs, outputs (prefixed
 ``out_``) and params as keywords. Every function is keyword-only, so a misspelt rule key
 fails the job. Each reads its files, calls the methods of :mod:`atlas.segmentation`, and
-writes its outputs last, all or none (:func:`_write_outputs`): an error never leaves part of
+writes its outputs last, all or none (:func:`atlas.io.write_all`): an error never leaves part of
 a job's outputs behind.
 
 Atlases are raw labelled scans, so each atlas T1w is first preprocessed exactly like the
@@ -16,11 +16,10 @@ labels are interpolated only once, when they are propagated onto a target.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import ants
@@ -58,19 +57,6 @@ QC_COLUMNS = ["name", "atlas", "ncc", "passed"]
 
 def _read(path) -> ants.ANTsImage:
     return ants.image_read(str(path))
-
-
-def _write_outputs(writes: Sequence[tuple[Callable, object, object]]) -> None:
-    """Write ``(writer, obj, path)`` outputs all or none.
-
-    Each ``writer(obj, tmp)`` (an :mod:`atlas.io` writer) writes to a temporary sibling of its
-    path; the temporary files replace their paths only once every write succeeded, so a
-    failing write leaves none of the outputs (and no temporary file) behind.
-    """
-    with contextlib.ExitStack() as stack:
-        tmps = [stack.enter_context(io.atomic_path(path)) for _, _, path in writes]
-        for (write, obj, _), tmp in zip(writes, tmps, strict=True):
-            write(obj, tmp)
 
 
 def _image(reference: ants.ANTsImage, array: np.ndarray) -> ants.ANTsImage:
@@ -151,7 +137,7 @@ def prepare_atlas(*, t1w, dseg, table, reference_image, out_image, out_mask, out
     dseg_img = _read(dseg)
     validate_atlas(_read(t1w), dseg_img, read_label_table(table))
     image, mask, _ = preprocess_image(t1w, reference_image, settings)
-    _write_outputs(
+    io.write_all(
         [
             (io.write_image, image, out_image),
             (io.write_image, mask, out_mask),
@@ -189,7 +175,7 @@ def register_atlas(
             writes.append((io.copy_file, result.inverse.paths[-1], out_inverse_warp))
         if out_warped:
             writes.append((io.write_image, result.warped, out_warped))
-        _write_outputs(writes)
+        io.write_all(writes)
 
 
 def write_label_table(*, table, out_table, tissue_classes=None):
@@ -259,7 +245,7 @@ def fuse_target(
         writes += _probseg_writes(target, tissue, out_probseg)
     if out_table:
         writes.append((io.write_tsv, table_for_output(labels), out_table))
-    _write_outputs(writes)
+    io.write_all(writes)
 
 
 def atropos_to_template(*, image, mask, template, affine, warp, out_probseg, mrf=0.1):
@@ -278,7 +264,7 @@ def atropos_to_template(*, image, mask, template, affine, warp, out_probseg, mrf
             for p in probs
         ]
     )
-    _write_outputs(_probseg_writes(tpl, warped, out_probseg))
+    io.write_all(_probseg_writes(tpl, warped, out_probseg))
 
 
 def atropos_template(*, template, mask, probseg, out_dseg, out_table, out_probseg):
@@ -289,7 +275,7 @@ def atropos_template(*, template, mask, probseg, out_dseg, out_table, out_probse
     inside = _read(mask).numpy() > 0
     posteriors = ((tissue_channel(p), _read(p).numpy()) for p in probseg)
     stack, dseg = average_posteriors(posteriors, inside)
-    _write_outputs(
+    io.write_all(
         [
             *_probseg_writes(tpl, stack, out_probseg),
             (io.write_image, _image(tpl, dseg), out_dseg),
@@ -335,7 +321,7 @@ def group_volumes(
     ages = dict(zip(tidy["img"], pd.to_numeric(tidy["age"], errors="coerce"), strict=True))
     figure = plot_volumes_vs_age(tidy.rename(columns={"img": "subject"}), ages, names)
     qc_rows = pd.concat([pd.read_csv(p, sep="\t") for p in qc], ignore_index=True)
-    _write_outputs(
+    io.write_all(
         [
             (io.write_tsv, tidy, out_tidy),
             (io.write_tsv, wide, out_wide),
@@ -420,7 +406,7 @@ def evaluation_report(*, scores, out_table, out_figure, out_summary):
     and fusion method (:func:`evaluation_summary`) and a box plot of the per-structure Dice
     with one box per fusion method."""
     table = pd.concat([pd.read_csv(p, sep="\t") for p in scores], ignore_index=True)
-    _write_outputs(
+    io.write_all(
         [
             (io.write_tsv, table, out_table),
             (io.write_tsv, evaluation_summary(table), out_summary),

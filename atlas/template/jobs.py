@@ -86,8 +86,8 @@ def update(
         "template_change": template_change(new, old, fg),
         "mean_ncc": float(np.mean([metrics.ncc(im.numpy(), old.numpy(), m) for im in images])),
     }
-    io.write_image(new, out_template)
-    io.write_tsv(pd.DataFrame([row]), out_row)
+    table = pd.DataFrame([row])
+    io.write_all([(io.write_image, new, out_template), (io.write_tsv, table, out_row)])
 
 
 def subject_final(
@@ -122,11 +122,16 @@ def subject_final(
         "min_jacobian": jac["min"],
         "std_log_jacobian": jac["std_log"],
     }
-    for src, dst in ((affine, out_affine), (warp, out_warp), (inverse_warp, out_inverse_warp)):
-        io.copy_file(src, dst)
-    io.write_image(moved, out_warped)
-    io.write_image(moved_mask, out_mask)
-    io.write_tsv(pd.DataFrame([row]), out_row)
+    io.write_all(
+        [
+            (io.copy_file, affine, out_affine),
+            (io.copy_file, warp, out_warp),
+            (io.copy_file, inverse_warp, out_inverse_warp),
+            (io.write_image, moved, out_warped),
+            (io.write_image, moved_mask, out_mask),
+            (io.write_tsv, pd.DataFrame([row]), out_row),
+        ]
+    )
 
 
 def template_description(final: ants.ANTsImage, participants, config, res_label) -> dict:
@@ -190,12 +195,16 @@ def final(
     subj = participants[["img", "subject", "session", "age", "sex"]].merge(subj, on="img")
     stack = np.stack([_read(p).numpy() for p in warped])
     desc = template_description(tpl, participants, config, res_label)
-    io.write_image(tpl, out_template)
-    io.write_image(tpl.new_image_like((mask_mean >= 0.5).astype("float32")), out_mask)
-    io.write_tsv(conv, out_convergence)
-    io.write_tsv(subj, out_subjects)
-    io.write_image(tpl.new_image_like(stack.var(0).astype("float32")), out_variance)
-    io.write_json(desc, out_description)
+    io.write_all(
+        [
+            (io.write_image, tpl, out_template),
+            (io.write_image, tpl.new_image_like((mask_mean >= 0.5).astype("float32")), out_mask),
+            (io.write_tsv, conv, out_convergence),
+            (io.write_tsv, subj, out_subjects),
+            (io.write_image, tpl.new_image_like(stack.var(0).astype("float32")), out_variance),
+            (io.write_json, desc, out_description),
+        ]
+    )
     vols = [_read(p).numpy() for p in templates]
     qc.mosaic(vols, [f"iteration {k}" for k in range(len(vols))], out_fig_mosaic)
     qc.convergence_plot(conv, out_fig_convergence)

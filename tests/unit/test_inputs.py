@@ -148,3 +148,19 @@ def test_reference_space_labels():
     assert reference_space("/data/my_ref.nii.gz") == "myref"
     with pytest.raises(ValueError, match="reference"):
         reference_space("/data/__.nii.gz")
+
+
+def test_write_all_is_all_or_nothing(tmp_path):
+    import pandas as pd
+
+    from atlas import io
+
+    def fail(obj, path):
+        raise RuntimeError("disk full")
+
+    writes = [(io.write_tsv, pd.DataFrame({"a": [1]}), tmp_path / "out1.tsv")]
+    with pytest.raises(RuntimeError, match="disk full"):
+        io.write_all([*writes, (fail, None, tmp_path / "out2.tsv")])
+    assert list(tmp_path.iterdir()) == []
+    io.write_all(writes)
+    assert [p.name for p in tmp_path.iterdir()] == ["out1.tsv"]

@@ -125,20 +125,6 @@ def test_every_rule_step_names_a_job():
     assert steps == set(jobs.__all__)
 
 
-def test_write_outputs_is_all_or_nothing(tmp_path):
-    def fail(obj, path):
-        raise RuntimeError("disk full")
-
-    from atlas import io
-
-    writes = [(io.write_tsv, pd.DataFrame({"a": [1]}), tmp_path / "out1.tsv")]
-    with pytest.raises(RuntimeError, match="disk full"):
-        jobs._write_outputs([*writes, (fail, None, tmp_path / "out2.tsv")])
-    assert list(tmp_path.iterdir()) == []
-    jobs._write_outputs(writes)
-    assert [p.name for p in tmp_path.iterdir()] == ["out1.tsv"]
-
-
 # ------------------------------------------------------------------------------ atlases
 
 
