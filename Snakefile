@@ -22,11 +22,24 @@ include: "workflow/rules/segment.smk"
 include: "workflow/rules/learned.smk"
 
 
+# Every output of a full run (the manifest lists them with their checksums).
+ALL_TARGETS = [
+    f"{OUT}/dataset_description.json",
+    f"{OUT}/atlas_config.json",
+    f"{OUT}/methods.md",
+    f"{OUT}/citations.bib",
+    *TEMPLATE_OUTPUTS.values(),
+    *subject_files("space-{tpl}_desc-preproc_T1w.nii.gz"),
+    *SEGMENT_TARGETS,
+    *(LEARNED_TARGETS if config["learned"]["enabled"] else []),
+]
+
+
+include: "workflow/rules/provenance.smk"
+
+
 rule all:
     default_target: True
     input:
-        f"{OUT}/dataset_description.json",
-        TEMPLATE_OUTPUTS.values(),
-        subject_files("space-{tpl}_desc-preproc_T1w.nii.gz"),
-        SEGMENT_TARGETS,
-        LEARNED_TARGETS if config["learned"]["enabled"] else [],
+        ALL_TARGETS,
+        PROVENANCE["manifest"],

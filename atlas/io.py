@@ -144,6 +144,12 @@ def write_torch(obj, path) -> None:
         torch.save(obj, tmp)
 
 
+def write_text(text: str, path) -> None:
+    """Write a UTF-8 text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def write_json(obj, path) -> None:
     """Write ``obj`` as indented JSON atomically."""
     with atomic_path(path) as tmp:

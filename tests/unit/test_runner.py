@@ -30,10 +30,11 @@ def test_unknown_steps_are_refused():
 
 
 def test_misspelled_or_missing_names_fail_before_the_job_runs(tmp_path):
-    out = tmp_path / "dd.json"
-    kwargs = {"out_json": out, "out_config": tmp_path / "c.json", "name": "x", "config": {}}
-    with pytest.raises(TypeError, match=r"unknown names \['bids_dri'\].*lacks.*\['bids_dir'\]"):
-        run_job("provenance.dataset_files", bids_dri=tmp_path, **kwargs)
+    out = tmp_path / "m.tsv"
+    kwargs = {"out_manifest": out}
+    (tmp_path / "a.txt").write_text("a")
+    with pytest.raises(TypeError, match=r"unknown names \['file'\].*lacks.*\['files'\]"):
+        run_job("provenance.manifest", file=[tmp_path / "a.txt"], **kwargs)
     assert not out.exists()
-    run_job("provenance.dataset_files", bids_dir=tmp_path, **kwargs)
+    run_job("provenance.manifest", files=[tmp_path / "a.txt"], **kwargs)
     assert out.is_file()

@@ -12,7 +12,6 @@ from atlas import demo
 from atlas.bids import find_t1w
 from atlas.preprocess import jobs as pjobs
 from atlas.preprocess.plan import preprocess_settings
-from atlas.provenance import jobs as provenance_jobs
 from atlas.registration import set_determinism
 from atlas.template import jobs as tjobs
 from atlas.template.plan import check_template_config, stage, stage_params
@@ -236,20 +235,6 @@ def test_template_iterations_and_final_outputs(cohort):
     mask = ants.image_read(str(out["mask.nii.gz"])).numpy()
     assert set(np.unique(mask)) == {0.0, 1.0}
     assert all(out[n].stat().st_size > 0 for n in ("m.png", "c.png", "s.png"))
-
-
-def test_dataset_files(tmp_path):
-    provenance_jobs.dataset_files(
-        out_json=tmp_path / "dd.json",
-        out_config=tmp_path / "cfg.json",
-        name="tiny",
-        bids_dir=tmp_path,
-        config=CONFIG,
-    )
-    dd = json.loads((tmp_path / "dd.json").read_text())
-    assert dd["DatasetType"] == "derivative" and dd["GeneratedBy"][0]["Name"] == "atlas"
-    snap = json.loads((tmp_path / "cfg.json").read_text())
-    assert snap["config"]["resolution"] == 6.0 and snap["software"]["antspyx"]
 
 
 def test_template_plan():

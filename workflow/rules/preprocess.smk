@@ -1,23 +1,6 @@
 # Per-image preprocessing and affine normalisation (one job per image).
 
 
-rule dataset_description:
-    output:
-        out_json=f"{OUT}/dataset_description.json",
-        out_config=f"{OUT}/atlas_config.json",
-    log:
-        f"{OUT}/logs/dataset_description.log",
-    conda:
-        ENV
-    params:
-        step="provenance.dataset_files",
-        name=TPL,
-        bids_dir=BIDS_DIR,
-        config=config,
-    script:
-        RUN
-
-
 rule reference:
     output:
         out_image=f"{WORK}/reference/res-{RES}_T1w.nii.gz",
@@ -84,3 +67,11 @@ rule normalise:
         affine_params=config["template"]["affine"],
     script:
         RUN
+
+
+# `atlas BIDS_DIR OUTPUT_DIR participant`: preprocessing and normalisation of the
+# selected images (no template).
+rule participant:
+    input:
+        f"{OUT}/dataset_description.json",
+        subject_files("space-{ref}_desc-preproc_T1w.nii.gz"),
