@@ -14,7 +14,7 @@ from pathlib import Path
 import ants
 import numpy as np
 
-from ..registration.ants import register_preset
+from ..registration import register_preset
 
 log = logging.getLogger(__name__)
 

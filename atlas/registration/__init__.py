@@ -26,6 +26,7 @@ from types import ModuleType
 
 from .transforms import (
     FLIP,
+    Registration,
     TransformChain,
     jacobian_determinant_image,
     read_affine_ras,
@@ -75,6 +76,7 @@ def register_preset(*args, backend_name: str = "ants", **kwargs):
 __all__ = [
     "BACKENDS",
     "FLIP",
+    "Registration",
     "TransformChain",
     "backend",
     "jacobian_determinant_image",

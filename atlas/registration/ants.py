@@ -11,13 +11,12 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import ants
 
 from ..io import atomic_path
-from .transforms import TransformChain
+from .transforms import Registration, TransformChain
 
 
 def registration_kwargs(params: dict) -> dict:
@@ -107,22 +106,6 @@ def register(
             with atomic_path(dst) as tmp:
                 shutil.copyfile(src, tmp)
         return out["warpedmovout"]
-
-
-@dataclass(frozen=True)
-class Registration:
-    """Result of :func:`register_preset`.
-
-    Attributes
-    ----------
-    forward : chain mapping the moving image onto the fixed grid.
-    inverse : chain mapping the fixed image onto the moving grid.
-    warped : moving image resampled onto the fixed grid (linear interpolation).
-    """
-
-    forward: TransformChain
-    inverse: TransformChain
-    warped: ants.ANTsImage
 
 
 def register_preset(

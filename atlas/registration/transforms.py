@@ -59,6 +59,23 @@ class TransformChain:
         return cls((str(affine), str(inverse_warp)), (True, False))
 
 
+@dataclass(frozen=True)
+class Registration:
+    """Result of a backend's ``register_preset`` (:func:`atlas.registration.register_preset`).
+
+    Attributes
+    ----------
+    forward : chain mapping the moving image onto the fixed grid.
+    inverse : chain mapping the fixed image onto the moving grid.
+    warped : moving image resampled onto the fixed grid (``ants.ANTsImage``, linear
+        interpolation).
+    """
+
+    forward: TransformChain
+    inverse: TransformChain
+    warped: object
+
+
 def read_affine_ras(path) -> np.ndarray:
     """Homogeneous ``(4, 4)`` RAS matrix of an ANTs/ITK affine ``.mat`` file.
 

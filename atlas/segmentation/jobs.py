@@ -28,8 +28,7 @@ import pandas as pd
 
 from .. import io
 from ..qc import plot_evaluation, plot_volumes_vs_age
-from ..registration import TransformChain
-from ..registration.ants import register_preset
+from ..registration import TransformChain, register_preset
 from .evaluation import evaluation_summary, score_fusion_methods
 from .labels import (
     apply_tissue_classes,
@@ -157,7 +156,7 @@ def register_atlas(
     out_warped=None,
 ):
     """Register a preprocessed atlas T1w (``moving``) to a target or the template (``fixed``)
-    with :func:`atlas.registration.ants.register_preset`; ``registration`` =
+    with :func:`atlas.registration.register_preset`; ``registration`` =
     ``{transform, iterations}`` (a SyN-family ANTs preset and its per-level SyN iterations).
     Writes the forward affine and warp, and optionally the inverse warp and the warped atlas
     T1w; the transform files ANTs writes stay in a private folder removed on return."""

@@ -21,8 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..metrics import ncc
-from ..registration import TransformChain
-from ..registration.ants import register_preset
+from ..registration import TransformChain, register_preset
 from .fusion import fuse
 
 LABEL_INTERPOLATIONS = ("nearestNeighbor", "genericLabel")
@@ -190,7 +189,7 @@ def propagate_atlases(
     mask : target brain mask; default ``target != 0`` (a skull-stripped target).
     transforms : optional atlas->target chains, one per atlas (the template route, e.g.
         ``atlas_to_template.then(template_to_subject)``); by default each atlas is registered
-        directly to the target with :func:`atlas.registration.ants.register_preset`, its
+        directly to the target with :func:`atlas.registration.register_preset`, its
         transform files in a private temporary folder removed once the atlas is propagated.
     registration : keywords for ``register_preset`` in the direct route
         (``type_of_transform``, ``reg_iterations``, ``fixed_mask``).
