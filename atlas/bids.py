@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,15 @@ import pandas as pd
 from .io import InputError, check_nifti
 
 log = logging.getLogger(__name__)
+
+#: A BIDS label (the value of an entity such as ``sub-`` or ``ses-``): letters and digits.
+LABEL = "[0-9a-zA-Z]+"
+_SUBJECT_DIR = re.compile(f"sub-({LABEL})")
+_SESSION_DIR = re.compile(f"ses-({LABEL})")
+#: A BIDS T1w file name: sub-<label>[_ses-<label>][_<key>-<label>...]_T1w.nii[.gz]
+_T1W_NAME = re.compile(
+    f"sub-({LABEL})(?:_ses-({LABEL}))?(?:_[a-zA-Z]+-{LABEL})*_T1w\\.nii(?:\\.gz)?"
+)
 
 
 def find_t1w(
@@ -40,14 +50,19 @@ def find_t1w(
 
     Raises
     ------
-    InputError if the folder is missing or empty, is not BIDS, lists a participant
-    twice, or no T1w image matches the filters.
+    InputError if the folder is missing or empty, is not BIDS, holds a ``sub-*`` or
+    ``ses-*`` folder or a T1w file whose name is not valid BIDS (see
+    :func:`check_bids_names`), lists a participant twice, or no T1w image matches the
+    filters. Invalid names are an error whatever ``on_bad_subject`` says: such a folder
+    has no subject id to exclude it under, and pybids would read a truncated label from
+    it (``sub-x;y`` as ``x``), which can merge two folders into one subject.
     """
     root = Path(bids_dir) if bids_dir else None
     if root is None or not root.is_dir():
         raise InputError(f"config key bids_dir: folder {bids_dir!r} does not exist")
     if not any(root.iterdir()):
         raise InputError(f"config key bids_dir: folder {root} is empty")
+    check_bids_names(root)
     df = _t1w_table(root)
     if participant_label:
         df = df[label_matches(df.subject, participant_label, "sub-")]
@@ -71,7 +86,89 @@ def find_t1w(
     df["subdir"] = [
         f"sub-{s}" + (f"/ses-{e}" if e else "") for s, e in zip(df.subject, df.session, strict=True)
     ]
+    _check_unique_outputs(df)
     return df.sort_values("img").reset_index(drop=True)
+
+
+def check_bids_names(root) -> None:
+    """Check the names of a BIDS dataset's subject and session folders and T1w files.
+
+    Every folder ``root/sub-*`` must be ``sub-<label>``, every folder ``root/sub-*/ses-*``
+    ``ses-<label>``, with a BIDS label of letters and digits only (``[0-9a-zA-Z]+``, BIDS
+    specification, "Entities"; no space, ``;``, ``-``, ``_``, ``.`` or non-ASCII letter).
+    Every file of their ``anat`` folders whose name holds ``_T1w.nii`` must be
+    ``sub-<label>[_ses-<label>][_<key>-<label>...]_T1w.nii[.gz]`` with the subject and
+    session labels of the folders it lies in. Dot files are skipped, as pybids skips
+    them. Nothing is read but file names.
+
+    Raises
+    ------
+    InputError naming the first offending folder or file (``repr`` of its path, so that
+    spaces and control characters show) and how many more there are.
+    """
+    root = Path(root)
+    bad = []
+
+    def _anat_files(folder: Path, sub: str, ses: str | None) -> None:
+        anat = folder / "anat"
+        if not anat.is_dir():
+            return
+        for f in sorted(anat.iterdir()):
+            if "_T1w.nii" not in f.name or f.name.startswith("."):
+                continue  # pybids ignores dot files (e.g. macOS ._ resource forks)
+            m = _T1W_NAME.fullmatch(f.name)
+            if m is None:
+                bad.append(
+                    f"{str(f)!r}: not a BIDS T1w file name "
+                    "(sub-<label>[_ses-<label>][_<key>-<value>...]_T1w.nii[.gz], labels of "
+                    "letters and digits only); rename or remove the file"
+                )
+            elif m.groups() != (sub, ses):
+                where = f"sub-{sub}" + (f"/ses-{ses}" if ses else "")
+                bad.append(
+                    f"{str(f)!r}: the subject/session labels of the file name do not match "
+                    f"its folder {where}; rename or move the file"
+                )
+
+    for sub_dir in sorted(p for p in root.iterdir() if p.name.startswith("sub-") and p.is_dir()):
+        m = _SUBJECT_DIR.fullmatch(sub_dir.name)
+        if m is None:
+            bad.append(
+                f"{str(sub_dir)!r}: not a BIDS subject folder name (sub-<label>, label of "
+                "letters and digits only); rename or remove the folder"
+            )
+            continue
+        sub = m.group(1)
+        _anat_files(sub_dir, sub, None)
+        for ses_dir in sorted(
+            p for p in sub_dir.iterdir() if p.name.startswith("ses-") and p.is_dir()
+        ):
+            ms = _SESSION_DIR.fullmatch(ses_dir.name)
+            if ms is None:
+                bad.append(
+                    f"{str(ses_dir)!r}: not a BIDS session folder name (ses-<label>, label "
+                    "of letters and digits only); rename or remove the folder"
+                )
+                continue
+            _anat_files(ses_dir, sub, ms.group(1))
+    if bad:
+        more = f" ({len(bad) - 1} more invalid names)" if len(bad) > 1 else ""
+        raise InputError(bad[0] + more)
+
+
+def _check_unique_outputs(df: pd.DataFrame) -> None:
+    """No two selected images may share an output name ``img``, compared without case:
+    on case-insensitive file systems (macOS, Windows) ``sub-A`` and ``sub-a`` are one
+    folder, so their outputs would overwrite each other."""
+    seen = {}
+    for img, path in zip(df.img, df.path, strict=True):
+        other_img, other = seen.setdefault(img.lower(), (img, path))
+        if other != path:
+            raise InputError(
+                f"{str(other)!r} ({other_img}) and {str(path)!r} ({img}) map to the same "
+                "output name (output names are compared without case); rename one subject "
+                "or session folder"
+            )
 
 
 def _t1w_table(root: Path) -> pd.DataFrame:

@@ -59,19 +59,69 @@ def subject_grid(volumes: list[np.ndarray], labels: list[str], path, ncols: int 
     return fig
 
 
-def convergence_plot(table: pd.DataFrame, path):
-    """Convergence curves of the template's convergence table (columns ``iteration``,
-    ``stage``, ``mean_warp_mm``, ``template_change``, ``mean_ncc``): one panel per
-    measure, one line per stage; PNG at ``path``. Returns the (closed) figure."""
-    cols = ["mean_warp_mm", "template_change", "mean_ncc"]
-    fig, axes = plt.subplots(1, len(cols), figsize=(11, 3))
-    for ax, col in zip(axes, cols, strict=True):
+#: Panels of :func:`convergence_plot`: column, y label, y scale. Template change spans
+#: decades (0.3 after the first affine iteration, 1e-3 to 3e-5 in the SyN iterations), so
+#: it is drawn on a log axis; the others stay linear.
+CONVERGENCE_PANELS = [
+    ("mean_warp_mm", "mean |mean warp| (mm)", "linear"),
+    ("template_change", "1 - NCC(new, previous template)", "log"),
+    ("mean_ncc", "mean NCC subject vs template", "linear"),
+]
+
+
+def convergence_plot(table: pd.DataFrame, path, convergence: dict | None = None):
+    """Convergence curves of the template's convergence table; PNG at ``path``.
+
+    Parameters
+    ----------
+    table : one row per iteration, columns ``iteration`` (int), ``stage``
+        (``affine``/``syn``), ``mean_warp_mm`` (mm; NaN for affine iterations),
+        ``template_change`` (1 - NCC, dimensionless) and ``mean_ncc``.
+    path : PNG file written atomically (:func:`atlas.io.save_figure`).
+    convergence : the result of :func:`atlas.template.convergence.evaluate_convergence`,
+        or None: its threshold is drawn on the template-change panel (dashed line) and
+        its verdict is the figure's title.
+
+    One panel per measure (:data:`CONVERGENCE_PANELS`, titled with the column name), one
+    line per stage, integer iteration ticks shared by the panels; template change on a log axis
+    (non-positive values, which a log axis cannot show, are left out).
+
+    Returns
+    -------
+    The (closed) matplotlib Figure.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(CONVERGENCE_PANELS), figsize=(11, 3.4), sharex=True)
+    for ax, (col, ylabel, scale) in zip(axes, CONVERGENCE_PANELS, strict=True):
         for stage, sub in table.groupby("stage", sort=False):
-            ax.plot(sub.iteration, sub[col], "o-", label=stage)
-        ax.set_xlabel("iteration")
-        ax.set_title(col)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
+            y = sub[col].to_numpy(dtype=float)
+            if scale == "log":
+                y = np.where(y > 0, y, np.nan)
+            ax.plot(sub.iteration.to_numpy(), y, "o-", label=stage)
+        ax.set_yscale(scale)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="iteration", ylabel=ylabel, title=col)
+        ax.grid(alpha=0.3, which="both" if scale == "log" else "major")
+    if convergence is not None:
+        crit = convergence["criterion"]
+        ax = axes[[c for c, _, _ in CONVERGENCE_PANELS].index(crit["measure"])]
+        ax.axhline(
+            crit["max_template_change"],
+            color="k",
+            ls="--",
+            lw=1,
+            label=f"criterion ({crit['max_template_change']:g})",
+        )
+        ax.legend(fontsize=7)
+        verdict = "met" if convergence["met"] else "NOT met"
+        fig.suptitle(
+            f"convergence criterion {verdict}: template change < "
+            f"{crit['max_template_change']:g} in the last {crit['iterations']} SyN iterations",
+            fontsize=9,
+        )
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
     save_figure(fig, path)
     return fig
 

@@ -4,6 +4,8 @@ job. Each reads its input files, calls :mod:`atlas.template.methods`,
 
 from __future__ import annotations
 
+import logging
+
 import ants
 import numpy as np
 import pandas as pd
@@ -12,7 +14,10 @@ from .. import io, metrics, qc
 from ..preprocess import foreground_mask
 from ..provenance import software_versions
 from ..registration import jacobian_determinant_image, register
+from .convergence import evaluate_convergence
 from .methods import average_images, shape_update, sharpen, template_change
+
+log = logging.getLogger(__name__)
 
 
 def _read(path) -> ants.ANTsImage:
@@ -134,10 +139,13 @@ def subject_final(
     )
 
 
-def template_description(final: ants.ANTsImage, participants, config, res_label) -> dict:
+def template_description(
+    final: ants.ANTsImage, participants, config, res_label, convergence: dict | None = None
+) -> dict:
     """TemplateFlow ``template_description.json`` of the population template: identifier,
-    grid of resolution ``res_label``, cohort size and age range (years), parameters and
-    software versions."""
+    grid of resolution ``res_label``, cohort size and age range (years), parameters,
+    software versions and, when given, ``convergence``: the verdict of
+    :func:`atlas.template.convergence.evaluate_convergence` (criterion, values, met)."""
     ages = pd.to_numeric(participants.age, errors="coerce")
     tcfg = config["template"]
     return {
@@ -160,7 +168,7 @@ def template_description(final: ants.ANTsImage, participants, config, res_label)
         "parameters": {k: config[k] for k in ("resolution", "skull_strip", "seed")}
         | {"template": tcfg},
         "software": software_versions(),
-    }
+    } | ({"convergence": convergence} if convergence is not None else {})
 
 
 def final(
@@ -182,11 +190,16 @@ def final(
     out_fig_mosaic,
     out_fig_convergence,
     out_fig_subjects,
+    convergence=None,
 ):
     """Write the TemplateFlow folder, group tables, variance map and figures.
 
     The brain mask holds the voxels inside at least half of the subjects' warped brain
-    masks; ``participants`` is the table of :func:`atlas.bids.find_t1w`.
+    masks; ``participants`` is the table of :func:`atlas.bids.find_t1w`. ``convergence``
+    is the criterion of config ``template.convergence`` (None: the default,
+    :data:`atlas.template.convergence.DEFAULT_CRITERION`); its verdict on the convergence
+    table goes to ``template_description.json`` (``convergence``), to the job log (one
+    line: met or not, and what to change) and onto the convergence figure.
     """
     tpl = _read(templates[-1])
     mask_mean = np.mean([_read(p).numpy() > 0 for p in masks], axis=0)
@@ -194,7 +207,9 @@ def final(
     subj = pd.concat([pd.read_csv(p, sep="\t") for p in subject_rows], ignore_index=True)
     subj = participants[["img", "subject", "session", "age", "sex"]].merge(subj, on="img")
     stack = np.stack([_read(p).numpy() for p in warped])
-    desc = template_description(tpl, participants, config, res_label)
+    verdict = evaluate_convergence(conv, convergence)
+    (log.info if verdict["met"] else log.warning)(verdict["message"])
+    desc = template_description(tpl, participants, config, res_label, verdict)
     io.write_all(
         [
             (io.write_image, tpl, out_template),
@@ -207,5 +222,5 @@ def final(
     )
     vols = [_read(p).numpy() for p in templates]
     qc.mosaic(vols, [f"iteration {k}" for k in range(len(vols))], out_fig_mosaic)
-    qc.convergence_plot(conv, out_fig_convergence)
+    qc.convergence_plot(conv, out_fig_convergence, verdict)
     qc.subject_grid(list(stack), list(participants.img), out_fig_subjects)

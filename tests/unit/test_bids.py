@@ -60,3 +60,86 @@ def test_integer_labels_from_yaml_match_zero_padded_labels(root):
     assert find_t1w(root, session=1).session.tolist() == ["01", "01", "01"]
     with pytest.raises(InputError, match="config key session"):
         find_t1w(root, session=2)
+
+
+@pytest.mark.parametrize(
+    "subdir, name, offender, kind",
+    [
+        # pybids reads the label up to the first non-alphanumeric character: "x"
+        (
+            "sub-x;touch INJECTED",
+            "sub-x;touch INJECTED_T1w.nii.gz",
+            "sub-x;touch INJECTED",
+            "subject folder",
+        ),
+        ("sub-a b", "sub-a_T1w.nii.gz", "sub-a b", "subject folder"),
+        # trailing space: without the check this folder and sub-01 are one subject
+        ("sub-01 ", "sub-01_T1w.nii.gz", "sub-01 ", "subject folder"),
+        ("sub-a_b", "sub-a_b_T1w.nii.gz", "sub-a_b", "subject folder"),
+        ("sub-é1", "sub-é1_T1w.nii.gz", "sub-é1", "subject folder"),
+        ("sub-02/ses-1;rm -rf", "sub-02_ses-1_T1w.nii.gz", "ses-1;rm -rf", "session folder"),
+        ("sub-02", "sub-02_acq-a$(id)_T1w.nii.gz", "sub-02_acq-a$(id)_T1w.nii.gz", "T1w file"),
+        ("sub-02", "sub-02_T1w.nii.gz ", "sub-02_T1w.nii.gz ", "T1w file"),
+    ],
+)
+def test_invalid_labels_stop_the_query(root, tmp_path, monkeypatch, subdir, name, offender, kind):
+    """A folder or T1w file whose labels are not BIDS labels stops the query with one
+    message naming it (repr, so spaces show), before pybids reads it leniently."""
+    monkeypatch.chdir(tmp_path)
+    _t1w(root, "sub-01_T1w.nii.gz", "sub-01")
+    path = _t1w(root, name.strip(), subdir)  # nibabel cannot save a name ending in a space
+    path = path.rename(path.with_name(name))
+    bad = path if kind == "T1w file" else next(p for p in path.parents if p.name == offender)
+    with pytest.raises(InputError) as err:
+        find_t1w(root)
+    message = str(err.value)
+    assert message.startswith(f"{str(bad)!r}: not a BIDS {kind} name")
+    assert "letters and digits only" in message and "more invalid names" not in message
+    assert not list(tmp_path.rglob("INJECTED"))  # nothing was executed
+
+
+def test_all_invalid_names_are_counted(root):
+    _t1w(root, "sub-a b_T1w.nii.gz", "sub-a b")
+    _t1w(root, "sub-c;d_T1w.nii.gz", "sub-c;d")
+    with pytest.raises(InputError, match=r"/sub-a b'.* \(1 more invalid names\)$"):
+        find_t1w(root)
+
+
+def test_file_labels_must_match_their_folders(root):
+    """sub-02/anat/sub-03_T1w.nii.gz would be read as sub-02 by pybids (the folder wins)."""
+    path = _t1w(root, "sub-03_T1w.nii.gz", "sub-02")
+    with pytest.raises(InputError) as err:
+        find_t1w(root)
+    assert str(err.value) == (
+        f"{str(path)!r}: the subject/session labels of the file name do not match its "
+        "folder sub-02; rename or move the file"
+    )
+    path.unlink()
+    _t1w(root, "sub-02_ses-1_T1w.nii.gz", "sub-02")  # session entity without its folder
+    with pytest.raises(InputError, match="do not match its folder sub-02;"):
+        find_t1w(root)
+
+
+def test_output_names_differing_only_in_case_collide(root):
+    """sub-A and sub-a are distinct BIDS labels but one folder on macOS and Windows."""
+    first = _t1w(root, "sub-A_T1w.nii.gz", "sub-A")
+    second = _t1w(root, "sub-a_T1w.nii.gz", "sub-a")
+    with pytest.raises(InputError) as err:
+        find_t1w(root)
+    assert str(err.value) == (
+        f"{str(first)!r} (sub-A) and {str(second)!r} (sub-a) map to the same output name "
+        "(output names are compared without case); rename one subject or session folder"
+    )
+    # selecting one of them is fine
+    assert find_t1w(root, participant_label=["A"]).img.tolist() == ["sub-A"]
+
+
+def test_valid_names_and_dot_files_pass(root):
+    """Entities, runs, .nii, sidecars and macOS ._ files do not trip the name check."""
+    _t1w(root, "sub-01_ses-pre_acq-mprage_run-2_T1w.nii", "sub-01/ses-pre")
+    (root / "sub-01" / "ses-pre" / "anat" / "sub-01_ses-pre_acq-mprage_run-2_T1w.json").write_text(
+        "{}"
+    )
+    (root / "sub-01" / "ses-pre" / "anat" / "._sub-01_ses-pre_T1w.nii.gz").write_bytes(b"")
+    (root / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tage\nses-pre\t30\n")
+    assert find_t1w(root).img.tolist() == ["sub-01_ses-pre"]

@@ -43,19 +43,62 @@ def test_subject_grid_has_one_labelled_panel_per_subject(tmp_path):
     np.testing.assert_array_equal(fig.axes[2].images[0].get_array(), np.rot90(vols[2][:, :, 8]))
 
 
-def test_convergence_plot_draws_each_stage(tmp_path):
-    table = pd.DataFrame(
+def _convergence_table():
+    """Demo/IXI-like values: 0.3 after the first affine iteration, then 1e-3 .. 3e-5."""
+    return pd.DataFrame(
         {
-            "iteration": [0, 1, 2],
-            "stage": ["affine", "syn", "syn"],
-            "mean_warp_mm": [np.nan, 1.5, 0.7],
-            "template_change": [0.2, 0.05, 0.01],
-            "mean_ncc": [0.8, 0.9, 0.95],
+            "iteration": [0, 1, 2, 3, 4],
+            "stage": ["affine", "affine", "syn", "syn", "syn"],
+            "mean_warp_mm": [np.nan, np.nan, 0.159, 0.181, 0.195],
+            "template_change": [0.3, 2e-3, 1e-3, 1.5e-4, 3e-5],
+            "mean_ncc": [0.8, 0.9, 0.95, 0.96, 0.96],
         }
     )
+
+
+def test_convergence_plot_draws_each_stage(tmp_path):
+    table = _convergence_table()
     fig = qc.convergence_plot(table, tmp_path / "c.png")
     assert [ax.get_title() for ax in fig.axes] == ["mean_warp_mm", "template_change", "mean_ncc"]
     lines = fig.axes[1].get_lines()
     assert [ln.get_label() for ln in lines] == ["affine", "syn"]
-    np.testing.assert_allclose(lines[1].get_ydata(), [0.05, 0.01])
+    np.testing.assert_allclose(lines[1].get_ydata(), [1e-3, 1.5e-4, 3e-5])
+    assert fig.axes[0].get_ylabel() == "mean |mean warp| (mm)"
+    assert fig.get_suptitle() == ""  # no criterion given: no verdict
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_convergence_plot_axes_a_reader_can_judge(tmp_path):
+    """Integer iteration ticks on every panel; template change (0.3 .. 3e-5) on a log axis
+    so the first iteration does not flatten the others; the others linear."""
+    from atlas.template.convergence import evaluate_convergence
+
+    table = _convergence_table()
+    verdict = evaluate_convergence(table, {"max_template_change": 1e-3, "iterations": 2})
+    fig = qc.convergence_plot(table, tmp_path / "c.png", verdict)
+    assert [ax.get_yscale() for ax in fig.axes[:3]] == ["linear", "log", "linear"]
+    for ax in fig.axes[:3]:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        assert set(range(5)) <= set(int(t) for t in ticks)
+    # the log axis shows every decade from 3e-5 to 0.3
+    low, high = fig.axes[1].get_ylim()
+    assert low <= 3e-5 and high >= 0.3
+    # the threshold is drawn on the template-change panel and the verdict is the title
+    threshold = [ln for ln in fig.axes[1].get_lines() if ln.get_label().startswith("criterion")]
+    assert len(threshold) == 1 and set(threshold[0].get_ydata()) == {1e-3}
+    assert fig.get_suptitle() == (
+        "convergence criterion met: template change < 0.001 in the last 2 SyN iterations"
+    )
+    failed = evaluate_convergence(table.iloc[:3], {"max_template_change": 1e-3, "iterations": 2})
+    fig = qc.convergence_plot(table.iloc[:3], tmp_path / "c2.png", failed)
+    assert fig.get_suptitle().startswith("convergence criterion NOT met")
+
+
+def test_convergence_plot_log_axis_skips_zero_change(tmp_path):
+    """A template change of exactly 0 (identical templates) cannot sit on a log axis: it is
+    left out rather than breaking the figure."""
+    table = _convergence_table().assign(template_change=[0.3, 0.0, 1e-3, 1e-4, 1e-5])
+    fig = qc.convergence_plot(table, tmp_path / "c.png")
+    affine = fig.axes[1].get_lines()[0].get_ydata()
+    assert affine[0] == 0.3 and np.isnan(affine[1])

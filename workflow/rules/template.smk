@@ -173,5 +173,6 @@ rule template_final:
         participants=IMAGES,
         config=config,
         res_label=RES,
+        convergence=config["template"]["convergence"],
     script:
         RUN
