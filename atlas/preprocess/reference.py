@@ -38,6 +38,25 @@ def reference_path(reference: str) -> Path:
     return mni152_path() if reference in (MNI_ID, "cohort") else Path(reference)
 
 
+def check_reference(reference: str, reference_mask=None) -> None:
+    """Validate the config keys ``reference`` and ``reference_mask`` before any job.
+
+    Raises
+    ------
+    atlas.io.InputError naming the key and the file when a given path is not a usable 3D
+    NIfTI image (see :func:`atlas.io.check_nifti`).
+    """
+    from ..io import InputError, check_nifti
+
+    for key, value in (("reference", reference), ("reference_mask", reference_mask)):
+        if value is None or (key == "reference" and value in (MNI_ID, "cohort")):
+            continue
+        try:
+            check_nifti(value, read_data=False)
+        except InputError as exc:
+            raise InputError(f"config key {key}: {exc}") from exc
+
+
 def reference_space(reference: str) -> str:
     """BIDS ``space-`` label of the affine normalisation reference (config key ``reference``).
 

@@ -164,6 +164,12 @@ CASES = {
             "config key template.syn_iterations: at least one SyN iteration is needed",
         )
     ),
+    "nonexistent reference": _atlas(
+        lambda tmp: (
+            {"bids_dir": str(_dataset(tmp / "ds")), "reference": str(tmp / "ref.nii.gz")},
+            f"config key reference: {tmp / 'ref.nii.gz'}: file does not exist",
+        )
+    ),
     "nonexistent bids_dir": _atlas(
         lambda tmp: (
             {"bids_dir": str(tmp / "nope")},

@@ -91,20 +91,3 @@ def test_brain_only_inputs_are_detected(shared_data, tmp_path, run_workflow):
     info = json.loads(target.read_text())
     assert info["brain_only_detected"] is True
     assert info["skull_strip"] == "skip"
-
-
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ({"bogus_key": 1}, "bogus_key"),
-        ({"resolution": "two"}, "resolution"),
-        ({"template": {"average": "mode"}}, "mode"),
-        ({"bids_dir": "/nonexistent/bids"}, "config key bids_dir: folder '/nonexistent/bids'"),
-    ],
-)
-def test_bad_config_stops_before_any_job(tmp_path, override, message, run_workflow):
-    config = {"output_dir": str(tmp_path / "out"), "work_dir": str(tmp_path / "work")}
-    proc = run_workflow(tmp_path, config | override, ["-n"], check=False)
-    assert proc.returncode != 0
-    assert message in proc.stdout + proc.stderr
-    assert not (tmp_path / "out").exists()

@@ -6,7 +6,7 @@ from atlas.bids import find_t1w, validate_images
 from atlas.demo import make_demo_bids
 from atlas.io import InputError
 from atlas.preprocess.plan import preprocess_settings
-from atlas.preprocess.reference import reference_space
+from atlas.preprocess.reference import check_reference, reference_space
 from atlas.template.plan import check_template_config, stage, stage_params
 
 OUT = config["output_dir"]
@@ -28,6 +28,7 @@ def _stop(msg):
 
 try:
     check_template_config(config["template"])
+    check_reference(config["reference"], config["reference_mask"])
     BIDS_DIR = config["bids_dir"] or str(
         make_demo_bids(
             config["demo"]["dir"], config["demo"]["n_subjects"], config["demo"]["seed"]
