@@ -43,3 +43,9 @@ rule all:
     input:
         ALL_TARGETS,
         PROVENANCE["manifest"],
+
+
+# `atlas BIDS_DIR OUTPUT_DIR group`: the template and the group stages (as `all`).
+rule group:
+    input:
+        rules.all.input,
