@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="participant: per-image preprocessing and normalisation; group: template and "
         "group stages (runs the participant steps it needs)",
     )
+    _add_selection_options(p)
+    _add_run_options(p)
+    return p
+
+
+def _add_selection_options(p: argparse.ArgumentParser) -> None:
+    """Which images and which config: labels, session, config file."""
     p.add_argument(
         "--participant-label",
         nargs="+",
@@ -152,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
         "BIDS_DIR, OUTPUT_DIR and --work-dir take precedence over its bids_dir, "
         "output_dir and work_dir; relative paths in it are relative to the repository",
     )
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """How Snakemake runs: cores, profile, dry run, report, GPU, work folder."""
     p.add_argument(
         "--cores",
         type=_cores,
@@ -183,7 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="intermediate files (template iterations); default OUTPUT_DIR/work",
     )
-    return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
