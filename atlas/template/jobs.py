@@ -139,6 +139,13 @@ def subject_final(
     )
 
 
+def registration_figure(*, image, template, out_figure, img):
+    """Registration view of one image (``img``, its id, as the title): ``image`` (the
+    image resampled into the final template) with the edges of ``template`` drawn over it
+    (:func:`atlas.qc.registration_overlay`, nilearn), written to ``out_figure`` (PNG)."""
+    qc.registration_overlay(image, template, out_figure, title=img)
+
+
 def template_description(
     final: ants.ANTsImage, participants, config, res_label, convergence: dict | None = None
 ) -> dict:

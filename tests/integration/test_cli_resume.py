@@ -1,6 +1,7 @@
 """``kill -9`` of an ``atlas`` run in the middle of the template stage, then the same
 command again: it clears the stale Snakemake lock and finishes with a template
-bit-identical to an uninterrupted run (issue 16, 5b).
+bit-identical to an uninterrupted run (issue 16, 5b); and two clean runs of the same
+config give bit-identical images and tables (5a).
 
 Both runs use the repository as Snakemake's working directory, as every ``atlas`` run
 does, so they share ``.snakemake/`` (and its ``locks/``); unlike ``run_workflow``
@@ -107,3 +108,20 @@ def test_kill_then_rerun_resumes_to_the_same_template(tmp_path):
     _run(_command(bids, clean, config))
     for name in (TEMPLATE, MASK):
         assert _sha256(killed / "out" / name) == _sha256(clean / "out" / name), name
+
+    # 4. a second clean run: every image and table it writes is bit-identical
+    # (atlas_config.json and the manifest name the run's own folders, so they differ)
+    _run(_command(bids, tmp_path / "clean2", config))
+    first, second = (_results(run / "out") for run in (clean, tmp_path / "clean2"))
+    # 3 subjects x (preproc, mask, 2 normalisation, 2 template-space, 2 warps) + template
+    assert len(first) > 25 and first == second
+    assert {k: v for k, v in first.items() if k.startswith("tpl-")} == {
+        k: v for k, v in _results(killed / "out").items() if k.startswith("tpl-")
+    }
+
+
+def _results(out: Path) -> dict[str, str]:
+    """SHA-256 of every NIfTI image and TSV table under ``out`` (except the manifest, which
+    lists the run's own folders), by relative path."""
+    files = [*out.rglob("*.nii.gz"), *out.rglob("*.tsv")]
+    return {str(f.relative_to(out)): _sha256(f) for f in sorted(files) if f.name != "manifest.tsv"}

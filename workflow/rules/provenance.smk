@@ -1,12 +1,15 @@
 # Provenance of the run (atlas.provenance): dataset description with the code version,
-# resolved config with input checksums, the methods paragraph with its citations, and a
-# manifest of every output with its checksum (last: it reads ALL_TARGETS).
+# resolved config with input checksums, the methods paragraph with its citations (and as
+# HTML for the report), the table of excluded images, and a manifest of every output with
+# its checksum (last: it reads ALL_TARGETS).
 import sys
 
 COMMAND_LINE = " ".join(sys.argv)
 PROVENANCE = {
     "methods": f"{OUT}/methods.md",
+    "methods_html": f"{OUT}/methods.html",
     "bib": f"{OUT}/citations.bib",
+    "excluded": f"{OUT}/group/desc-excluded_table.tsv",
     "manifest": f"{OUT}/manifest.tsv",
 }
 
@@ -43,6 +46,45 @@ rule methods:
         step="provenance.methods",
         config=config,
         n_images=len(IMAGES),
+    script:
+        RUN
+
+
+# The methods text as HTML, for the report (Snakemake shows HTML items, not Markdown).
+rule methods_html:
+    input:
+        methods=PROVENANCE["methods"],
+    output:
+        out_html=report(
+            PROVENANCE["methods_html"],
+            caption=f"{REPORT}/methods.rst",
+            category="Methods",
+        ),
+    log:
+        f"{OUT}/logs/methods_html.log",
+    conda:
+        ENV
+    params:
+        step="provenance.methods_html",
+    script:
+        RUN
+
+
+# Images left out by on_bad_subject: skip, with the reason (header only when none).
+rule excluded_table:
+    output:
+        out_table=report(
+            PROVENANCE["excluded"],
+            caption=f"{REPORT}/excluded.rst",
+            category="Inputs",
+        ),
+    log:
+        f"{OUT}/logs/excluded_table.log",
+    conda:
+        ENV
+    params:
+        step="provenance.excluded_table",
+        excluded=IMAGES.attrs.get("excluded", {}),
     script:
         RUN
 

@@ -176,3 +176,34 @@ rule template_final:
         convergence=config["template"]["convergence"],
     script:
         RUN
+
+
+# Registration view of each image (sMRIPrep-style reportlet): the image in template space
+# under the template's edges.
+REGISTRATION_FIGURES = [
+    f"{FIG}/{i}_space-{TPL}_desc-registration_T1w.png" for i in IMAGES.img
+]
+
+
+rule template_registration_figure:
+    input:
+        image=lambda w: subject_file(w.img, f"space-{TPL}_desc-preproc_T1w.nii.gz"),
+        template=TEMPLATE_OUTPUTS["template"],
+    output:
+        out_figure=report(
+            f"{FIG}/{{img}}_space-{TPL}_desc-registration_T1w.png",
+            caption=f"{REPORT}/registration.rst",
+            category="Registration",
+            subcategory="{img}",
+        ),
+    log:
+        f"{OUT}/logs/figures/{{img}}_registration.log",
+    conda:
+        ENV
+    resources:
+        **job_resources(),
+    params:
+        step="template.registration_figure",
+        img=lambda w: w.img,
+    script:
+        RUN
