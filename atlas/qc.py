@@ -262,3 +262,48 @@ def registration_overlay(image, template, path, title: str | None = None, n_cuts
         display.add_edges(template, color="r")
     save_figure(fig, path)
     return fig
+
+
+def segmentation_overlay(image, dseg, path, title: str | None = None, n_cuts: int = 6):
+    """Segmentation reportlet of one image: its label map (``dseg``) drawn in colour over
+    the image (:func:`nilearn.plotting.plot_roi`, 45 % opaque), one row of ``n_cuts``
+    slices per direction (sagittal, coronal, axial) through the labelled region. PNG at
+    ``path``.
+
+    Parameters
+    ----------
+    image, dseg : NIfTI file paths or nibabel images on the same grid (the preprocessed
+        image and its fused label map, integer labels, 0 = background).
+    path : PNG file written atomically (:func:`atlas.io.save_figure`).
+    title : text over the first row (e.g. the image id).
+
+    Returns
+    -------
+    The (closed) matplotlib Figure.
+    """
+    import nibabel as nib
+    from nilearn import plotting
+
+    image = nib.load(str(image)) if not hasattr(image, "affine") else image
+    dseg = nib.load(str(dseg)) if not hasattr(dseg, "affine") else dseg
+    labels = nib.Nifti1Image(np.asanyarray(dseg.dataobj).astype(np.int32), dseg.affine)
+    cuts = _cut_coords(labels, n_cuts)
+    fig = plt.figure(figsize=(12, 6.6), facecolor="k")
+    for row, axis in enumerate("xyz"):
+        plotting.plot_roi(
+            labels,
+            bg_img=image,
+            display_mode=axis,
+            cut_coords=cuts[axis],
+            figure=fig,
+            axes=(0.0, 1.0 - (row + 1) / 3, 1.0, 1 / 3),
+            title=title if row == 0 else None,
+            draw_cross=False,
+            black_bg=True,
+            dim=0,
+            alpha=0.45,
+            cmap="gist_ncar",
+            colorbar=False,
+        )
+    save_figure(fig, path)
+    return fig

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .. import io
-from ..qc import plot_evaluation, plot_volumes_vs_age
+from ..qc import plot_evaluation, plot_volumes_vs_age, segmentation_overlay
 from ..registration import TransformChain, register_preset
 from .evaluation import evaluation_summary, score_fusion_methods
 from .labels import (
@@ -426,3 +426,10 @@ __all__ = [
     "subject_volumes",
     "write_label_table",
 ]
+
+
+def overlay_figure(*, image, dseg, out_figure, img):
+    """Segmentation view of one image (``img``, its id, as the title): the fused label map
+    ``dseg`` over the preprocessed ``image`` (:func:`atlas.qc.segmentation_overlay`,
+    nilearn), written to ``out_figure`` (PNG)."""
+    segmentation_overlay(image, dseg, out_figure, title=img)

@@ -85,6 +85,7 @@ def test_outputs_exist(run):
     for subject in TARGETS:
         folder, img = _img(subject)
         assert (out / folder / f"{img}_desc-jlf_dseg.nii.gz").is_file()
+        assert (out / "figures" / f"{img}_desc-jlf_dseg.png").stat().st_size > 10_000
         for tissue in ("CSF", "GM", "WM"):
             assert (out / folder / f"{img}_label-{tissue}_desc-jlf_probseg.nii.gz").is_file()
     tpl = out / "tpl-atlas"

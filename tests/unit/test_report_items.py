@@ -76,3 +76,21 @@ def test_excluded_table(tmp_path):
     assert table.to_dict(orient="records") == [
         {"img": "sub-04", "reason": "x.nii.gz: image is constant (0.0)"}
     ]
+
+
+def test_segmentation_overlay_draws_the_labels(tmp_path):
+    from atlas.segmentation import jobs as segmentation_jobs
+
+    image = _blob()
+    labels = (np.asanyarray(image.dataobj) > 50).astype(np.int16)
+    labels[:12] *= 2  # two labels, left and right
+    nib.save(image, tmp_path / "img.nii.gz")
+    nib.save(nib.Nifti1Image(labels, image.affine), tmp_path / "dseg.nii.gz")
+    out = tmp_path / "fig" / "sub-01_desc-jlf_dseg.png"
+    segmentation_jobs.overlay_figure(
+        image=tmp_path / "img.nii.gz", dseg=tmp_path / "dseg.nii.gz", out_figure=out, img="sub-01"
+    )
+    png = matplotlib.image.imread(out)[..., :3]
+    grey = np.ptp(png, axis=-1) < 0.05
+    assert png.shape[0] > 300 and (~grey).sum() > 500  # coloured label overlay drawn
+    assert list(out.parent.iterdir()) == [out]

@@ -125,6 +125,31 @@ rule segment_fuse:
         RUN
 
 
+# Segmentation view of each image (reportlet): the fused labels over the image.
+rule segment_overlay_figure:
+    input:
+        image=lambda w: subject_file(w.img, "desc-preproc_T1w.nii.gz"),
+        dseg=lambda w: subject_file(w.img, f"desc-{METHOD}_dseg.nii.gz"),
+    output:
+        out_figure=report(
+            SEG_FIGURE,
+            caption=f"{REPORT}/segmentation.rst",
+            category="Segmentation",
+            subcategory="{img}",
+        ),
+    log:
+        f"{OUT}/logs/figures/{{img}}_segmentation.log",
+    conda:
+        ENV
+    resources:
+        **job_resources(),
+    params:
+        step="segmentation.overlay_figure",
+        img=lambda w: w.img,
+    script:
+        RUN
+
+
 rule segment_volumes:
     input:
         dseg=rules.segment_fuse.output.out_dseg,

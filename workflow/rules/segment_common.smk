@@ -96,13 +96,17 @@ SEG_EVAL = {
     "summary": f"{OUT}/group/desc-fusionsummary_evaluation.tsv",
     "fig": f"{FIG}/desc-fusion_evaluation.png",
 }
+SEG_FIGURE = f"{FIG}/{{img}}_desc-{METHOD}_dseg.png"
 PROBSEG = [f"label-{t}_desc-{METHOD}_probseg.nii.gz" for t in TISSUE_CLASSES]
 # Everything the segmentation adds to `rule all` (nothing without atlases).
 SEGMENT_TARGETS = segment_targets(
     PLAN,
     {
         "table": [f"{OUT}/desc-{METHOD}_dseg.tsv"],
-        "dseg": subject_files(f"desc-{METHOD}_dseg.nii.gz"),
+        "dseg": [
+            *subject_files(f"desc-{METHOD}_dseg.nii.gz"),
+            *(SEG_FIGURE.format(img=i) for i in IMAGES.img),
+        ],
         "probseg": [f for p in PROBSEG for f in subject_files(p)],
         "template": [SEG_TPL["dseg"], SEG_TPL["table"], *SEG_TPL["probseg"]],
         "group": list(SEG_GROUP.values()),
