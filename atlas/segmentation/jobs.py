@@ -414,6 +414,13 @@ def evaluation_report(*, scores, out_table, out_figure, out_summary):
     )
 
 
+def overlay_figure(*, image, dseg, out_figure, img):
+    """Segmentation view of one image (``img``, its id, as the title): the fused label map
+    ``dseg`` over the preprocessed ``image`` (:func:`atlas.qc.segmentation_overlay`,
+    nilearn), written to ``out_figure`` (PNG)."""
+    segmentation_overlay(image, dseg, out_figure, title=img)
+
+
 __all__ = [
     "atropos_template",
     "atropos_to_template",
@@ -421,15 +428,9 @@ __all__ = [
     "evaluation_report",
     "fuse_target",
     "group_volumes",
+    "overlay_figure",
     "prepare_atlas",
     "register_atlas",
     "subject_volumes",
     "write_label_table",
 ]
-
-
-def overlay_figure(*, image, dseg, out_figure, img):
-    """Segmentation view of one image (``img``, its id, as the title): the fused label map
-    ``dseg`` over the preprocessed ``image`` (:func:`atlas.qc.segmentation_overlay`,
-    nilearn), written to ``out_figure`` (PNG)."""
-    segmentation_overlay(image, dseg, out_figure, title=img)
