@@ -89,6 +89,13 @@ def atomic_path(path):
             tmp.unlink()
 
 
+def read_image(path):
+    """Read an image file as ``ants.ANTsImage`` (the counterpart of :func:`write_image`)."""
+    import ants
+
+    return ants.image_read(str(path))
+
+
 def write_all(writes) -> None:
     """Write several outputs all or none.
 

@@ -218,6 +218,36 @@ def _cut_coords(img, n_cuts: int) -> dict[str, list[float]]:
     return {axis: [float(v) for v in np.quantile(xyz[:, a], q)] for a, axis in enumerate("xyz")}
 
 
+def _nifti(img):
+    """A nibabel image from a path or a nibabel image."""
+    import nibabel as nib
+
+    return img if hasattr(img, "affine") else nib.load(str(img))
+
+
+def _ortho_rows(plot, cuts: dict, title: str | None, **kwargs):
+    """Reportlet layout: one row per direction (sagittal, coronal, axial) drawn by the
+    nilearn function ``plot`` at ``cuts[axis]`` (world mm) with ``kwargs``; the title goes
+    over the first row. Returns the figure and the three nilearn displays."""
+    fig = plt.figure(figsize=(12, 6.6), facecolor="k")
+    displays = [
+        plot(
+            display_mode=axis,
+            cut_coords=cuts[axis],
+            figure=fig,
+            axes=(0.0, 1.0 - (row + 1) / 3, 1.0, 1 / 3),
+            title=title if row == 0 else None,
+            draw_cross=False,
+            black_bg=True,
+            dim=0,
+            colorbar=False,
+            **kwargs,
+        )
+        for row, axis in enumerate("xyz")
+    ]
+    return fig, displays
+
+
 def registration_overlay(image, template, path, title: str | None = None, n_cuts: int = 6):
     """Registration reportlet of one image (as sMRIPrep's): the image resampled into
     template space, drawn with :func:`nilearn.plotting.plot_anat`, with the edges of the
@@ -235,30 +265,15 @@ def registration_overlay(image, template, path, title: str | None = None, n_cuts
     -------
     The (closed) matplotlib Figure.
     """
-    import nibabel as nib
     from nilearn import plotting
 
-    image = nib.load(str(image)) if not hasattr(image, "affine") else image
-    template = nib.load(str(template)) if not hasattr(template, "affine") else template
-    cuts = _cut_coords(template, n_cuts)
+    image, template = _nifti(image), _nifti(template)
     data = np.asanyarray(image.dataobj, dtype=np.float32)
     vmax = float(np.percentile(data[data > 0], 99.5)) if np.any(data > 0) else 1.0
-    fig = plt.figure(figsize=(12, 6.6), facecolor="k")
-    for row, axis in enumerate("xyz"):
-        display = plotting.plot_anat(
-            image,
-            display_mode=axis,
-            cut_coords=cuts[axis],
-            figure=fig,
-            axes=(0.0, 1.0 - (row + 1) / 3, 1.0, 1 / 3),
-            title=title if row == 0 else None,
-            draw_cross=False,
-            black_bg=True,
-            dim=0,
-            vmin=0,
-            vmax=vmax,
-            colorbar=False,
-        )
+
+    cuts = _cut_coords(template, n_cuts)
+    fig, displays = _ortho_rows(plotting.plot_anat, cuts, title, anat_img=image, vmin=0, vmax=vmax)
+    for display in displays:
         display.add_edges(template, color="r")
     save_figure(fig, path)
     return fig
@@ -284,26 +299,11 @@ def segmentation_overlay(image, dseg, path, title: str | None = None, n_cuts: in
     import nibabel as nib
     from nilearn import plotting
 
-    image = nib.load(str(image)) if not hasattr(image, "affine") else image
-    dseg = nib.load(str(dseg)) if not hasattr(dseg, "affine") else dseg
+    image, dseg = _nifti(image), _nifti(dseg)
     labels = nib.Nifti1Image(np.asanyarray(dseg.dataobj).astype(np.int32), dseg.affine)
+
     cuts = _cut_coords(labels, n_cuts)
-    fig = plt.figure(figsize=(12, 6.6), facecolor="k")
-    for row, axis in enumerate("xyz"):
-        plotting.plot_roi(
-            labels,
-            bg_img=image,
-            display_mode=axis,
-            cut_coords=cuts[axis],
-            figure=fig,
-            axes=(0.0, 1.0 - (row + 1) / 3, 1.0, 1 / 3),
-            title=title if row == 0 else None,
-            draw_cross=False,
-            black_bg=True,
-            dim=0,
-            alpha=0.45,
-            cmap="gist_ncar",
-            colorbar=False,
-        )
+    kwargs = {"roi_img": labels, "bg_img": image, "alpha": 0.45, "cmap": "gist_ncar"}
+    fig, _ = _ortho_rows(plotting.plot_roi, cuts, title, **kwargs)
     save_figure(fig, path)
     return fig

@@ -62,9 +62,9 @@ def _labels_in_reference(labels, normalisation, reference) -> np.ndarray:
     """Native labels -> reference grid through the normalisation affine (nearest)."""
     import ants
 
-    ref = ants.image_read(str(reference))
+    ref = io.read_image(reference)
     out = ants.apply_transforms(
-        ref, ants.image_read(str(labels)), [str(normalisation)], interpolator="nearestNeighbor"
+        ref, io.read_image(labels), [str(normalisation)], interpolator="nearestNeighbor"
     )
     return out.numpy().round().astype(np.int32)
 
@@ -287,8 +287,8 @@ def register_iterative(
 
     from ..registration import register
 
-    fixed = ants.image_read(str(template))
-    moving = ants.image_read(str(image))
+    fixed = io.read_image(template)
+    moving = io.read_image(image)
     with tempfile.TemporaryDirectory(prefix="atlas-learned-eval-") as tmp:
         tmp = Path(tmp)
         tic = time.perf_counter()
@@ -300,7 +300,7 @@ def register_iterative(
         moved = None
         if out_labels is not None:
             lab = _labels_in_reference(labels, normalisation, reference)
-            ref = ants.image_read(str(reference))
+            ref = io.read_image(reference)
             moved = ants.apply_transforms(
                 fixed,
                 ref.new_image_like(lab.astype(np.float32)),

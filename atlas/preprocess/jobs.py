@@ -10,18 +10,12 @@ from .methods import preprocess_t1w
 from .reference import reference_grid, reference_path
 
 
-def _read(path):
-    import ants
-
-    return ants.image_read(str(path))
-
-
 def reference(*, out_image, out_mask, reference, reference_mask, resolution, margin_mm):
     """Reference image and brain mask on the template grid (``resolution`` mm)."""
     path = reference_path(reference)
     io.check_nifti(path)
-    mask = _read(reference_mask) if reference_mask else None
-    ref, ref_mask = reference_grid(_read(path), resolution, mask, margin_mm)
+    mask = io.read_image(reference_mask) if reference_mask else None
+    ref, ref_mask = reference_grid(io.read_image(path), resolution, mask, margin_mm)
     io.write_all([(io.write_image, ref, out_image), (io.write_image, ref_mask, out_mask)])
 
 
@@ -38,8 +32,10 @@ def preprocess_image(t1w, reference_image, settings: dict):
     io.check_nifti(t1w)
     kw = dict(settings)
     for key in ("head_template", "head_mask"):
-        kw[key] = _read(kw[key]) if kw.get(key) else None
-    image, mask, info = preprocess_t1w(_read(t1w), reference=_read(reference_image), **kw)
+        kw[key] = io.read_image(kw[key]) if kw.get(key) else None
+    image, mask, info = preprocess_t1w(
+        io.read_image(t1w), reference=io.read_image(reference_image), **kw
+    )
     info["Sources"] = [str(t1w)]
     return image, mask, info
 
@@ -67,7 +63,7 @@ def normalise(*, image, reference_image, out_affine, out_warped, rigid_only, aff
     import tempfile
     from pathlib import Path
 
-    fixed, moving = _read(reference_image), _read(image)
+    fixed, moving = io.read_image(reference_image), io.read_image(image)
     params = dict(affine_params, transform="Rigid")
     if rigid_only:
         warped = register(fixed, moving, params, out_affine)

@@ -54,10 +54,6 @@ QC_COLUMNS = ["name", "atlas", "ncc", "passed"]
 # --------------------------------------------------------------------------------------------
 
 
-def _read(path) -> ants.ANTsImage:
-    return ants.image_read(str(path))
-
-
 def _image(reference: ants.ANTsImage, array: np.ndarray) -> ants.ANTsImage:
     return reference.new_image_like(np.asarray(array, dtype=np.float32))
 
@@ -79,7 +75,10 @@ def _chains(atlas_affines, atlas_warps, target_affine=None, target_inverse_warp=
 
 
 def _atlases(ids, images, dsegs) -> list[Atlas]:
-    return [Atlas(str(i), _read(im), _read(d)) for i, im, d in zip(ids, images, dsegs, strict=True)]
+    return [
+        Atlas(str(i), io.read_image(im), io.read_image(d))
+        for i, im, d in zip(ids, images, dsegs, strict=True)
+    ]
 
 
 def _check_fusion(fusion: Mapping) -> None:
@@ -133,8 +132,8 @@ def prepare_atlas(*, t1w, dseg, table, reference_image, out_image, out_mask, out
     """
     from ..preprocess.jobs import preprocess_image
 
-    dseg_img = _read(dseg)
-    validate_atlas(_read(t1w), dseg_img, read_label_table(table))
+    dseg_img = io.read_image(dseg)
+    validate_atlas(io.read_image(t1w), dseg_img, read_label_table(table))
     image, mask, _ = preprocess_image(t1w, reference_image, settings)
     io.write_all(
         [
@@ -162,8 +161,8 @@ def register_atlas(
     T1w; the transform files ANTs writes stay in a private folder removed on return."""
     with tempfile.TemporaryDirectory(prefix="atlas-") as tmp:
         result = register_preset(
-            _read(fixed),
-            _read(moving),
+            io.read_image(fixed),
+            io.read_image(moving),
             str(Path(tmp) / "reg_"),
             type_of_transform=registration["transform"],
             reg_iterations=registration["iterations"],
@@ -224,10 +223,10 @@ def fuse_target(
     Raises :class:`RegistrationQCError` (QC table in the log) when too few atlases pass.
     """
     labels = apply_tissue_classes(read_label_table(table), tissue_classes)
-    target = _read(image)
+    target = io.read_image(image)
     result = _propagate(
         target,
-        _read(mask),
+        io.read_image(mask),
         _atlases(atlas_ids, atlas_images, atlas_dsegs),
         methods=[fusion["method"]],
         name=name,
@@ -251,9 +250,9 @@ def atropos_to_template(*, image, mask, template, affine, warp, out_probseg, mrf
     """Atropos GM/WM/CSF posteriors of one preprocessed image (:func:`atropos_tissue`),
     resampled onto the template grid with the image's forward transforms (linear); used for
     the template tissue maps when no atlases are configured."""
-    subject = _read(image)
-    _, probs = atropos_tissue(subject, _read(mask), mrf=mrf)
-    tpl = _read(template)
+    subject = io.read_image(image)
+    _, probs = atropos_tissue(subject, io.read_image(mask), mrf=mrf)
+    tpl = io.read_image(template)
     chain = TransformChain.forward(affine, warp)
     warped = np.stack(
         [
@@ -270,9 +269,9 @@ def atropos_template(*, template, mask, probseg, out_dseg, out_table, out_probse
     """Template tissue maps without atlases: the mean over images of their Atropos posteriors
     in template space (:func:`average_posteriors`); dseg = argmax class inside the template
     mask (1=CSF, 2=GM, 3=WM)."""
-    tpl = _read(template)
-    inside = _read(mask).numpy() > 0
-    posteriors = ((tissue_channel(p), _read(p).numpy()) for p in probseg)
+    tpl = io.read_image(template)
+    inside = io.read_image(mask).numpy() > 0
+    posteriors = ((tissue_channel(p), io.read_image(p).numpy()) for p in probseg)
     stack, dseg = average_posteriors(posteriors, inside)
     io.write_all(
         [
@@ -293,7 +292,7 @@ def subject_volumes(*, dseg, table, out_tsv, img, tissue_classes=None):
     non-zero voxel) and ``total_<class>`` rows per tissue class (label ``n/a``):
     :func:`image_volumes`."""
     labels = apply_tissue_classes(read_label_table(table), tissue_classes)
-    image = _read(dseg)
+    image = io.read_image(dseg)
     io.write_tsv(image_volumes(as_labels(image), image.spacing, labels, img), out_tsv)
 
 
@@ -366,7 +365,7 @@ def evaluate_fold(
     once per scan) and ``fusion_s`` (seconds of that fusion). ``fusion`` as in
     :func:`fuse_target` (its ``method`` is not used: ``methods`` are).
     """
-    target = _read(image)
+    target = io.read_image(image)
     chains, preset = None, None
     if atlas_affines:
         chains = _chains(atlas_affines, atlas_warps, target_affine, target_inverse_warp)
@@ -378,7 +377,7 @@ def evaluate_fold(
     start = time.perf_counter()
     result = _propagate(
         target,
-        _read(mask),
+        io.read_image(mask),
         _atlases(atlas_ids, atlas_images, atlas_dsegs),
         methods=methods,
         name=name,
@@ -387,7 +386,9 @@ def evaluate_fold(
         registration=preset,
     )
     propagation_s = time.perf_counter() - start
-    reference = ants.resample_image_to_target(_read(dseg), target, interp_type="genericLabel")
+    reference = ants.resample_image_to_target(
+        io.read_image(dseg), target, interp_type="genericLabel"
+    )
     scores = score_fusion_methods(
         result,
         as_labels(reference),

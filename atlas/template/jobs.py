@@ -20,14 +20,10 @@ from .methods import average_images, shape_update, sharpen, template_change
 log = logging.getLogger(__name__)
 
 
-def _read(path) -> ants.ANTsImage:
-    return ants.image_read(str(path))
-
-
 def init(*, images, out_template, average):
     """template_0: average of the affinely normalised images (``average``: mean, median,
     normalized_mean; :func:`atlas.template.average_images`)."""
-    io.write_image(average_images([_read(p) for p in images], average), out_template)
+    io.write_image(average_images([io.read_image(p) for p in images], average), out_template)
 
 
 def register_to_template(
@@ -45,8 +41,8 @@ def register_to_template(
     (:func:`atlas.template.plan.stage_params`) says ``transform: SyN`` (then ``out_warp``
     and ``out_inverse_warp`` are required)."""
     warped = register(
-        _read(template),
-        _read(image),
+        io.read_image(template),
+        io.read_image(image),
         params,
         out_affine,
         out_warp,
@@ -75,10 +71,10 @@ def update(
     Measures are taken inside the foreground of template_k: the template takes the
     cohort's mean size, so the reference's brain mask no longer fits it.
     """
-    old = _read(template)
+    old = io.read_image(template)
     fg = foreground_mask(old)
     m = fg.numpy() > 0
-    images = [_read(p) for p in warped]
+    images = [io.read_image(p) for p in warped]
     avg = average_images(images, average)
     new, magnitude = shape_update(avg, affines, warps or None, gradient_step)
     if do_sharpen:
@@ -113,11 +109,13 @@ def subject_final(
 ):
     """Copy one subject's final transforms under BIDS names, resample its image and brain
     mask into the template and measure the registration inside the template foreground."""
-    tpl = _read(template)
+    tpl = io.read_image(template)
     m = foreground_mask(tpl).numpy() > 0
     transforms = [str(warp), str(affine)]
-    moved = ants.apply_transforms(tpl, _read(image), transforms)
-    moved_mask = ants.apply_transforms(tpl, _read(mask), transforms, interpolator="genericLabel")
+    moved = ants.apply_transforms(tpl, io.read_image(image), transforms)
+    moved_mask = ants.apply_transforms(
+        tpl, io.read_image(mask), transforms, interpolator="genericLabel"
+    )
     jac = metrics.jacobian_stats(jacobian_determinant_image(tpl, warp).numpy(), m)
     row = {
         "img": img,
@@ -208,12 +206,12 @@ def final(
     table goes to ``template_description.json`` (``convergence``), to the job log (one
     line: met or not, and what to change) and onto the convergence figure.
     """
-    tpl = _read(templates[-1])
-    mask_mean = np.mean([_read(p).numpy() > 0 for p in masks], axis=0)
+    tpl = io.read_image(templates[-1])
+    mask_mean = np.mean([io.read_image(p).numpy() > 0 for p in masks], axis=0)
     conv = pd.concat([pd.read_csv(p, sep="\t") for p in convergence_rows], ignore_index=True)
     subj = pd.concat([pd.read_csv(p, sep="\t") for p in subject_rows], ignore_index=True)
     subj = participants[["img", "subject", "session", "age", "sex"]].merge(subj, on="img")
-    stack = np.stack([_read(p).numpy() for p in warped])
+    stack = np.stack([io.read_image(p).numpy() for p in warped])
     verdict = evaluate_convergence(conv, convergence)
     (log.info if verdict["met"] else log.warning)(verdict["message"])
     desc = template_description(tpl, participants, config, res_label, verdict)
@@ -227,7 +225,7 @@ def final(
             (io.write_json, desc, out_description),
         ]
     )
-    vols = [_read(p).numpy() for p in templates]
+    vols = [io.read_image(p).numpy() for p in templates]
     qc.mosaic(vols, [f"iteration {k}" for k in range(len(vols))], out_fig_mosaic)
     qc.convergence_plot(conv, out_fig_convergence, verdict)
     qc.subject_grid(list(stack), list(participants.img), out_fig_subjects)
