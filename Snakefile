@@ -20,6 +20,7 @@ include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/template.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/learned.smk"
+include: "workflow/rules/longitudinal.smk"
 
 
 # Every output of a full run (the manifest lists them with their checksums).
@@ -35,6 +36,7 @@ ALL_TARGETS = [
     *subject_files("space-{tpl}_desc-preproc_T1w.nii.gz"),
     *SEGMENT_TARGETS,
     *(LEARNED_TARGETS if config["learned"]["enabled"] else []),
+    *LONGITUDINAL_TARGETS,
 ]
 
 

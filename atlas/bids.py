@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
 
 import pandas as pd
 
-from .io import InputError, check_nifti
+from .io import InputError, check_nifti, write_json
 
 log = logging.getLogger(__name__)
 
@@ -246,21 +247,65 @@ def _add_demographics(root: Path, df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def validate_images(df: pd.DataFrame, on_bad_subject: str = "fail") -> pd.DataFrame:
+def _file_key(path) -> list:
+    """What identifies a file's content for the validation cache: size and mtime (ns)."""
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _load_validation_cache(cache) -> dict:
+    """``{path: {"key": [size, mtime_ns], "error": message or None}}``; {} if unreadable."""
+    try:
+        data = json.loads(Path(cache).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_cached(path, known: dict, cache: dict) -> None:
+    """:func:`check_nifti` of ``path`` unless ``known`` holds its result for the same
+    size and mtime; the (new) result goes into ``cache``. Raises its InputError."""
+    path = str(Path(path).resolve())
+    key = _file_key(path) if Path(path).is_file() else None
+    hit = known.get(path)
+    if key is not None and hit is not None and hit.get("key") == key:
+        error = hit.get("error")
+    else:
+        try:
+            check_nifti(path)
+            error = None
+        except InputError as exc:
+            error = str(exc)
+    if key is not None:
+        cache[path] = {"key": key, "error": error}
+    if error:
+        raise InputError(error)
+
+
+def validate_images(df: pd.DataFrame, on_bad_subject: str = "fail", cache=None) -> pd.DataFrame:
     """Check every image with :func:`atlas.io.check_nifti` before any job runs.
 
     ``on_bad_subject="fail"`` raises the first :class:`InputError`; ``"skip"`` drops
     the faulty images, logging each reason, and raises only if none is left.
+    ``cache``: a JSON file of earlier results, keyed on path, size and mtime, so that
+    re-parsing the workflow (every cluster job does) reads no voxels again; it is
+    rewritten only when a result changed.
     """
+    known = _load_validation_cache(cache) if cache else {}
+    fresh: dict = {}
     bad = {}
-    for row in df.itertuples():
-        try:
-            check_nifti(row.path)
-        except InputError as exc:
-            if on_bad_subject == "fail":
-                raise
-            bad[row.img] = str(exc)
-            log.warning("excluding %s: %s", row.img, exc)
+    try:
+        for row in df.itertuples():
+            try:
+                _check_cached(row.path, known, fresh)
+            except InputError as exc:
+                if on_bad_subject == "fail":
+                    raise
+                bad[row.img] = str(exc)
+                log.warning("excluding %s: %s", row.img, exc)
+    finally:
+        if cache and any(known.get(k) != v for k, v in fresh.items()):
+            write_json({**known, **fresh}, cache)
     out = df[~df.img.isin(bad)].reset_index(drop=True)
     if out.empty:
         raise InputError("every T1w image failed validation: " + "; ".join(bad.values()))

@@ -307,3 +307,85 @@ def segmentation_overlay(image, dseg, path, title: str | None = None, n_cuts: in
     fig, _ = _ortho_rows(plotting.plot_roi, cuts, title, **kwargs)
     save_figure(fig, path)
     return fig
+
+
+def plot_trajectories(
+    volumes: pd.DataFrame, model: pd.DataFrame, names, path, time_unit: str = "years"
+):
+    """Spaghetti plot of the longitudinal stage: volume (mm^3) against age, one panel per
+    structure of ``names``, one line per subject joining its sessions, and the cohort fit of
+    the mixed model (``model``: rows of :func:`atlas.longitudinal.models.fit_structures`;
+    intercept at ``centre_age`` and age slope) as a thick line where it was fitted.
+
+    ``volumes``: tidy rows ``subject``, ``age``, ``name``, ``volume_mm3``. PNG at ``path``.
+    """
+    names = [n for n in names if (volumes.name == n).any()]
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4 * max(len(names), 1), 3.2))
+    axes = np.atleast_1d(axes)
+    for ax, name in zip(axes, names, strict=False):
+        d = volumes[volumes.name == name]
+        for _, g in d.groupby("subject"):
+            ax.plot(g.age, g.volume_mm3, "-o", ms=3, lw=1, alpha=0.7)
+        fit = model[(model.name == name) & model.estimate.notna()].set_index("term")
+        if {"intercept", "age"} <= set(fit.index):
+            ages = np.linspace(d.age.min(), d.age.max(), 20)
+            c = fit.loc["age", "centre_age"]
+            b0, b1 = fit.loc["intercept", "estimate"], fit.loc["age", "estimate"]
+            ax.plot(ages, b0 + b1 * (ages - c), "k-", lw=2.5, label="mixed model")
+            ax.legend(fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(f"age ({time_unit})")
+        ax.set_ylabel("volume (mm$^3$)")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return fig
+
+
+def log_jacobian_map(log_jac: np.ndarray, template: np.ndarray, path, vmax: float | None = None):
+    """Mean log-Jacobian change map of the cohort in template space: three orthogonal mid
+    slices of ``log_jac`` (``(X, Y, Z)``, RAS voxel order; > 0 = expansion) in a diverging
+    colour map over the ``template`` (same shape) in grey, shown where the template is above
+    10 % of its maximum (the brain). PNG at ``path``."""
+    vmax = vmax or float(np.nanpercentile(np.abs(log_jac), 99)) or 1e-3
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+    for ax, bg, sl in zip(axes, _mid_slices(template), _mid_slices(log_jac), strict=True):
+        _show(ax, bg)
+        im = ax.imshow(
+            np.ma.masked_where(bg <= 0.1 * template.max(), sl),
+            cmap="RdBu_r",
+            vmin=-vmax,
+            vmax=vmax,
+            alpha=0.6,
+            interpolation="nearest",
+        )
+    fig.colorbar(im, ax=list(axes), fraction=0.02, label="mean log-Jacobian (last - first)")
+    save_figure(fig, path)
+    return fig
+
+
+def plot_age_tissue_montage(
+    slices: list[np.ndarray],
+    tissue_rows: list[list[np.ndarray]],
+    tissue_names,
+    ages,
+    vmax: float | None = None,
+) -> plt.Figure:
+    """Learned 4D atlas with tissue maps: one column per age (years), the intensity slices
+    (as in :func:`plot_age_montage`) in the first row and one row of probability slices in
+    [0, 1] per tissue (``tissue_rows[k]``, named ``tissue_names[k]``) below, so intensity
+    and tissue maps of an age sit side by side. Returns a matplotlib Figure."""
+    vmax = float(np.percentile(np.stack(slices), 99.5)) if vmax is None else vmax
+    rows = [("T1w", slices, "gray", vmax)]
+    rows += [(n, r, "magma", 1.0) for n, r in zip(tissue_names, tissue_rows, strict=True)]
+    fig, axes = plt.subplots(
+        len(rows), len(slices), figsize=(2.2 * len(slices), 2.4 * len(rows)), squeeze=False
+    )
+    for r, (name, row, cmap, top) in enumerate(rows):
+        for c, (ax, sl) in enumerate(zip(axes[r], row, strict=True)):
+            ax.imshow(sl.T, cmap=cmap, vmin=0, vmax=top, origin="lower")
+            ax.set_title(f"{ages[c]:g} y" if r == 0 else "")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_ylabel(name if c == 0 else "")
+    fig.tight_layout()
+    return fig

@@ -4,6 +4,22 @@ Usage (from the project root)::
 
     python benchmarks/learned_oasis2d.py [--steps 2000] [--threads 2] [--out DIR]
                                          [--no-baseline]
+    python benchmarks/learned_oasis2d.py --design [--steps N] [--downsample F] ...
+
+``--design`` (issue 13) trains and evaluates the 2 x 2 design of one model family —
+``conditional``, ``conditional+tissue`` (``tissue_weight 1``), ``atlas-gan``
+(``adversarial``; Dey et al. 2021) and ``gan+tissue`` (both) — each in its own process
+(same split, seed, steps and batch; the training subjects' seg4 maps give the tissues GM
+(cortex), SGM, WM, CSF; test subjects' labels are used only for scoring), on the grid
+coarsened ``--downsample`` times. Per held-out subject: Dice per tissue (WM, cortical GM,
+CSF) of the atlas tissue map carried to the subject vs its seg4 tissues (the learned tissue
+maps, argmax, of the tissue variants; else the majority vote of ``--k`` training subjects'
+tissue maps carried into the atlas, also reported for every variant as ``vote_mean_dice``),
+atlas sharpness (mean gradient magnitude inside the mean training brain mask), centrality
+(mean over the mask of the norm of the mean atlas->subject displacement, mm), % non-positive
+Jacobian and one-pass registration time; plus training time, peak memory (max RSS of the
+variant's process, data loading included) and the atlas CSF area at 20 / 50 / 90 y. The
+iterative (ANTs) baseline is not part of ``--design``.
 
 Protocol
 --------
@@ -81,6 +97,12 @@ def majority_vote(label_maps: np.ndarray) -> np.ndarray:
     from atlas.segmentation import majority_vote as fuse
 
     return fuse(label_maps)[0]
+
+
+def montage(atlas, ages, png):
+    from atlas.learn import montage as draw
+
+    return draw(atlas, ages, png)
 
 
 def nearest_in_age(ages: np.ndarray, age: float, k: int) -> np.ndarray:
@@ -209,6 +231,218 @@ def summarise(rows: list) -> dict:
     return {key: float(np.mean([r[key] for r in rows])) for key in keys} | {"n": len(rows)}
 
 
+VARIANTS = {
+    "conditional": {},
+    "conditional+tissue": {"tissue_weight": 1.0},
+    "atlas-gan": {"adversarial": True},
+    "gan+tissue": {"adversarial": True, "tissue_weight": 1.0},
+}
+"""The 2 x 2 design of issue 13: one model family, two switches (train config keys)."""
+TISSUES = ("WM", "GM", "CSF")
+
+
+def split(n: int):
+    """The 80/20 split by subject (seed 0) shared by every mode of this benchmark."""
+    order = np.random.default_rng(0).permutation(n)
+    n_train = int(round(0.8 * n))
+    return np.sort(order[:n_train]), np.sort(order[n_train:])
+
+
+def downsample(cohort, seg24, factor: int):
+    """Cohort (images block-averaged, tissue maps and seg24 by block majority) and seg24
+    on a grid ``factor`` times coarser (voxel size x factor, same field of view)."""
+    if factor == 1:
+        return cohort, seg24
+    from atlas.learn import Cohort
+
+    n, x, y = cohort.images.shape
+    nx, ny = x // factor, y // factor
+
+    def blocks(a):
+        return a[:, : nx * factor, : ny * factor].reshape(n, nx, factor, ny, factor)
+
+    def majority(maps):
+        counts = [(blocks(maps) == k).sum((2, 4)) for k in range(int(maps.max()) + 1)]
+        return np.argmax(np.stack(counts), axis=0).astype(np.int16)
+
+    affine = cohort.affine.copy()
+    affine[:3, :2] *= factor
+    affine[:3, 3] += cohort.affine[:3, :2] @ np.full(2, (factor - 1) / 2)
+    small = Cohort(
+        images=blocks(cohort.images).mean((2, 4)),
+        ages=cohort.ages,
+        affine=affine,
+        disk_shape=(nx, ny, 1),
+        tissues=majority(cohort.tissues),
+        tissue_names=cohort.tissue_names,
+        subjects=cohort.subjects,
+    )
+    return small, majority(seg24)
+
+
+def atlas_tissue_maps(atlas, cohort, seg24, voters, ages):
+    """Per age (y): (tissue map, seg24 map) of the atlas by majority vote of the
+    ``voters``' maps carried into it (the protocol of the single-model benchmark), and the
+    learned tissue map (argmax) when the atlas has one, else None."""
+    maps = {}
+    for age in ages:
+        carried = np.stack(
+            [
+                atlas.register(
+                    cohort.images[i], age, labels=np.stack([cohort.tissues[i], seg24[i]])
+                ).warped_labels
+                for i in voters
+            ]
+        )
+        learned = atlas.tissue_maps(age)
+        learned = None if learned is None else learned[0].argmax(0)
+        maps[int(age)] = (majority_vote(carried[:, 0]), majority_vote(carried[:, 1]), learned)
+    return maps
+
+
+def score_variant(atlas, cohort, test_idx, maps, mask):
+    """Per held-out subject: Dice per tissue of the atlas tissue map (learned if any, else
+    voted) carried to the subject vs its seg4 tissues, the same for the voted map, atlas
+    sharpness, % non-positive Jacobian, registration time; and the centrality (mm)."""
+    from atlas import metrics
+    from atlas.learn.evaluation import centrality, tissue_dice
+
+    rows, fields = [], []
+    for i in test_idx:
+        ref = int(REF_AGES[np.abs(REF_AGES - cohort.ages[i]).argmin()])
+        reg = atlas.register(cohort.images[i], ref)
+        voted = atlas.to_subject(maps[ref][0], reg.displacement, nearest=True).astype(int)
+        own = voted if reg.warped_tissues is None else reg.warped_tissues.argmax(0)
+        det = metrics.jacobian_determinant(reg.inverse_displacement * atlas.spacing, atlas.spacing)
+        vote_dice = tissue_dice(voted, cohort.tissues[i], cohort.tissue_names, TISSUES)
+        rows.append(
+            {"subject": cohort.subjects[i], "age": float(cohort.ages[i])}
+            | tissue_dice(own, cohort.tissues[i], cohort.tissue_names, TISSUES)
+            | {f"vote_{k}": v for k, v in vote_dice.items()}
+            | {
+                "sharpness": metrics.sharpness(reg.atlas, atlas.spacing, mask),
+                "pct_nonpositive_jac": metrics.jacobian_stats(det)["pct_nonpositive"],
+                "seconds": reg.seconds,
+            }
+        )
+        fields.append(reg.displacement * atlas.spacing)
+    return rows, centrality(iter(fields), mask)
+
+
+def design_variant(args, name: str) -> dict:
+    """Train and evaluate one variant of the 2 x 2 design (run in its own process so that
+    its peak memory is its own); returns and writes ``<out>/<name>/report.json``."""
+    import resource
+
+    from atlas.learn import LearnedAtlas, load_bids_cohort, train
+
+    full = load_bids_cohort(args.data, label_suffix=None, tissue_suffix="desc-seg4_dseg")
+    seg24 = load_bids_cohort(args.data, label_suffix="desc-seg24_dseg").labels
+    cohort, seg24 = downsample(full, seg24, args.downsample)
+    train_idx, test_idx = split(len(cohort.ages))
+    training = type(cohort)(
+        images=cohort.images[train_idx],
+        ages=cohort.ages[train_idx],
+        affine=cohort.affine,
+        disk_shape=cohort.disk_shape,
+        tissues=cohort.tissues[train_idx],  # test subjects' tissues: evaluation only
+        tissue_names=cohort.tissue_names,
+    )
+    options = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "disc_warmup_steps": args.steps // 3,
+        "checkpoint_every": max(1, args.steps // 4),
+        "log_every": max(1, args.steps // 10),
+    }
+    out = Path(args.out) / name
+    tic = time.perf_counter()
+    result = train(options | VARIANTS[name], training, out / "model")
+    train_seconds = time.perf_counter() - tic
+    atlas = LearnedAtlas(result["model"])
+    montage(atlas, [20, 35, 50, 65, 80, 90], out / "montage.png")
+    voters = np.sort(np.random.default_rng(1).choice(train_idx, args.k, replace=False))
+    mask = (training.tissues > 0).mean(0) > 0.5
+    needed = sorted({int(REF_AGES[np.abs(REF_AGES - a).argmin()]) for a in cohort.ages[test_idx]})
+    maps = atlas_tissue_maps(atlas, cohort, seg24, voters, sorted(set(needed) | {20, 50, 90}))
+    rows, centrality_mm = score_variant(atlas, cohort, test_idx, maps, mask)
+    pixel = float(np.prod(atlas.spacing))
+    csf = cohort.tissue_names.index("CSF") + 1
+    report = {
+        "variant": name,
+        "train_seconds": train_seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "final_loss": result["final_loss"],
+        "centrality_mm": centrality_mm,
+        "rows": rows,
+        "csf_mm2": {
+            a: float(((maps[a][2] if maps[a][2] is not None else maps[a][0]) == csf).sum() * pixel)
+            for a in (20, 50, 90)
+        },
+        "ventricles_seg24_mm2": {
+            a: float(np.isin(maps[a][1], VENTRICLES_SEG24).sum() * pixel) for a in (20, 50, 90)
+        },
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def run_design(args) -> list:
+    """The 2 x 2 design: each variant trained and evaluated in a child process (sequential,
+    same split, same budget), then the table printed."""
+    import subprocess
+
+    reports = []
+    for name in args.variants.split(","):
+        cmd = [sys.executable, __file__, "--design-variant", name, "--out", args.out]
+        cmd += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+        cmd += ["--threads", str(args.threads), "--k", str(args.k), "--data", args.data]
+        cmd += ["--downsample", str(args.downsample)]
+        subprocess.run(cmd, check=True)
+        reports.append(json.loads((Path(args.out) / name / "report.json").read_text()))
+    print_design(reports, args)
+    return reports
+
+
+def print_design(reports: list, args) -> None:
+    """The evaluation table of the 2 x 2 design (means over held-out subjects)."""
+    print(
+        f"\n2x2 design on oasis2d, grid /{args.downsample}, {args.steps} steps x batch "
+        f"{args.batch_size}, {len(reports[0]['rows'])} held-out subjects"
+    )
+    cols = [f"dice_{t}" for t in TISSUES] + ["mean_dice", "vote_mean_dice", "sharpness"]
+    cols += ["centrality_mm", "pct_nonpositive_jac", "seconds", "train_min", "peak_mb"]
+    print(f"{'variant':20s}" + "".join(f" {c:>15s}" for c in cols))
+    for r in reports:
+        rows = r["rows"]
+        mean = {k: float(np.mean([row[k] for row in rows])) for k in rows[0] if k != "subject"}
+        mean["mean_dice"] = float(np.mean([mean[f"dice_{t}"] for t in TISSUES]))
+        mean["vote_mean_dice"] = float(np.mean([mean[f"vote_dice_{t}"] for t in TISSUES]))
+        mean |= {"centrality_mm": r["centrality_mm"], "train_min": r["train_seconds"] / 60}
+        mean["peak_mb"] = r["peak_rss_mb"]
+        print(f"{r['variant']:20s}" + "".join(f" {mean[c]:15.4f}" for c in cols))
+    for r in reports:
+        print(
+            f"{r['variant']:20s} atlas CSF area 20/50/90 y: "
+            + " / ".join(f"{v:.0f}" for v in r["csf_mm2"].values())
+            + " mm2; seg24 lateral ventricles (voted): "
+            + " / ".join(f"{v:.0f}" for v in r["ventricles_seg24_mm2"].values())
+            + " mm2"
+        )
+
+
+def add_design_arguments(parser) -> None:
+    """Options of ``--design`` (the 2 x 2 variants of issue 13)."""
+    parser.add_argument(
+        "--design",
+        action="store_true",
+        help="train and evaluate the 2x2 design (conditional, +tissue, Atlas-GAN, GAN+tissue)",
+    )
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="design variants")
+    parser.add_argument("--design-variant", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--downsample", type=int, default=1, help="design: grid factor")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "oasis2d"))
@@ -229,6 +463,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--k", type=int, default=40, help="voters per atlas label map")
     parser.add_argument("--baseline-n", type=int, default=10, help="subjects per ANTs template")
     parser.add_argument("--no-baseline", action="store_true")
+    add_design_arguments(parser)
     args = parser.parse_args(argv)
 
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
@@ -236,15 +471,17 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT))
-    from atlas.learn import LearnedAtlas, export_templateflow, load_bids_cohort, montage, train
+    from atlas.learn import LearnedAtlas, export_templateflow, load_bids_cohort, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.design_variant:
+        return design_variant(args, args.design_variant)
+    if args.design:
+        return run_design(args)
     out = Path(args.out)
     cohort = load_bids_cohort(args.data)
     seg24 = load_bids_cohort(args.data, label_suffix="desc-seg24_dseg").labels
-    order = np.random.default_rng(0).permutation(len(cohort.ages))
-    n_train = int(round(0.8 * len(order)))
-    train_idx, test_idx = np.sort(order[:n_train]), np.sort(order[n_train:])
+    train_idx, test_idx = split(len(cohort.ages))
     training = type(cohort)(
         images=cohort.images[train_idx],
         ages=cohort.ages[train_idx],

@@ -3,7 +3,11 @@
 Method: conditional deformable templates (Dalca et al. 2019, NeurIPS, "Learning
 conditional deformable templates with convolutional networks") built on diffeomorphic
 VoxelMorph (Balakrishnan et al. 2019, IEEE TMI; Dalca et al. 2019, MedIA), plus an
-age-conditional affine rescaling network (:mod:`atlas.learn.aarn`).
+age-conditional affine rescaling network (:mod:`atlas.learn.aarn`). Two switches give the
+2 x 2 variants of one model family: ``adversarial`` (Atlas-GAN, Dey et al. 2021, ICCV: an
+age-conditional patch discriminator, :mod:`~atlas.learn.discriminator`) and
+``tissue_weight`` (tissue probability maps learned with the atlas, the anatomy-realistic
+GAN 4D atlas with tissue maps of Gang Li's group); see :mod:`~atlas.learn.training`.
 
 Methods: :mod:`~atlas.learn.layers` (spatial transformer, scaling and squaring),
 :mod:`~atlas.learn.networks`, :mod:`~atlas.learn.losses`, :mod:`~atlas.learn.aarn`,
@@ -34,7 +38,10 @@ _EXPORTS = {
     "register_file": "inference",
     "sample": "inference",
     "DEFAULT_CONFIG": "training",
+    "TrainingDiverged": "training",
+    "loss_terms": "training",
     "train": "training",
+    "PatchDiscriminator": "discriminator",
     "integrate_velocity": "layers",
 }
 

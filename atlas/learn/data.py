@@ -37,6 +37,9 @@ class Cohort:
     sex : optional float ``(N,)``, 0 = female, 1 = male.
     labels : optional int ``(N, *S)`` label maps (0 = background).
     subjects : subject ids (``sub-...``), length ``N``.
+    tissues : optional int ``(N, *S)`` tissue segmentations, 0 = background and ``k``
+        = tissue ``tissue_names[k - 1]`` (see :func:`tissue_lookup`).
+    tissue_names : names of the tissues (``GM``, ``SGM``, ``WM``, ``CSF``), in map order.
     """
 
     images: np.ndarray
@@ -46,6 +49,8 @@ class Cohort:
     sex: np.ndarray | None = None
     labels: np.ndarray | None = None
     subjects: list = field(default_factory=list)
+    tissues: np.ndarray | None = None
+    tissue_names: list = field(default_factory=list)
 
     def __post_init__(self):
         self.images = np.asarray(self.images, dtype=np.float32)
@@ -60,8 +65,12 @@ class Cohort:
         self.disk_shape = tuple(int(n) for n in self.disk_shape)
         if _squeezed(self.disk_shape) != _squeezed(self.images.shape[1:]):
             raise ValueError(f"disk_shape {self.disk_shape} does not match {self.images.shape}")
-        if self.labels is not None and self.labels.shape != self.images.shape:
-            raise ValueError(f"labels {self.labels.shape} differ from images {self.images.shape}")
+        for name in ("labels", "tissues"):
+            maps = getattr(self, name)
+            if maps is not None and maps.shape != self.images.shape:
+                raise ValueError(f"{name} {maps.shape} differ from images {self.images.shape}")
+        if self.tissues is not None and int(self.tissues.max()) > len(self.tissue_names):
+            raise ValueError(f"tissue ids up to {self.tissues.max()} but {self.tissue_names}")
 
     @property
     def shape(self) -> tuple:
@@ -280,22 +289,103 @@ def load_bids_cohort(
     image_suffix: str = "desc-norm_T1w",
     label_suffix: str | None = "desc-seg4_dseg",
     subjects=None,
+    tissue_suffix: str | None = None,
 ) -> Cohort:
     """Load a BIDS cohort already normalised to a common grid.
 
     Files and ages as found by :func:`find_bids_cohort`, read by :func:`load_cohort`
     (sex included when every participant has F/M; labels when ``label_suffix`` is given).
+    With ``tissue_suffix`` (e.g. ``desc-seg4_dseg``), the label maps of that ending are
+    grouped into tissues by the dataset's label table ``<root>/<tissue_suffix>.tsv``
+    (:func:`tissue_lookup`) and stored as ``tissues`` / ``tissue_names``.
 
     Raises
     ------
-    FileNotFoundError if ``participants.tsv`` or every image is missing; ValueError if the
-    images do not share one grid (shape and affine) or a label file is missing.
+    FileNotFoundError if ``participants.tsv``, every image or the tissue label table is
+    missing; ValueError if the images do not share one grid (shape and affine), a label
+    file is missing or the label table names no tissue.
     """
     files = find_bids_cohort(root, image_suffix, label_suffix, subjects)
-    return load_cohort(
+    cohort = load_cohort(
         files.image,
         files.age,
         sex=files.sex,
         subjects=files.subject,
         labels=files.label if label_suffix else None,
     )
+    if tissue_suffix:
+        lookup, names = tissue_lookup(read_tissue_table(Path(root) / f"{tissue_suffix}.tsv"))
+        if tissue_suffix == label_suffix:
+            maps = cohort.labels
+        else:
+            found = find_bids_cohort(root, image_suffix, tissue_suffix, subjects)
+            maps = load_cohort(found.image, found.age, labels=found.label).labels
+        cohort.tissues = lookup[np.clip(maps, 0, len(lookup) - 1)].astype(np.int16)
+        cohort.tissue_names = names
+    return cohort
+
+
+TISSUE_ALIASES = {
+    "GM": ("gm", "cortex", "cortical-gray-matter", "cortical-grey-matter", "cgm"),
+    "SGM": ("sgm", "subcortical-gray-matter", "subcortical-grey-matter", "deep-gray-matter"),
+    "WM": ("wm", "white-matter", "cerebral-white-matter"),
+    "CSF": ("csf", "cerebrospinal-fluid", "ventricles"),
+}
+"""Tissue names of the learned tissue maps and the label names read as each."""
+
+
+def read_tissue_table(path) -> pd.DataFrame:
+    """A BIDS ``*_dseg.tsv`` (columns ``index``, ``name``, optional ``class``), row 0
+    (background) dropped if listed.
+
+    Raises
+    ------
+    FileNotFoundError if missing; ValueError without ``index`` and ``name`` columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tissue label table {path} not found")
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    if not {"index", "name"} <= set(table.columns):
+        raise ValueError(f"{path}: a label table needs columns index and name")
+    table["index"] = table["index"].astype(int)
+    return table[table["index"] > 0].reset_index(drop=True)
+
+
+def tissue_lookup(table: pd.DataFrame) -> tuple[np.ndarray, list]:
+    """Label id -> tissue map id (0 = background) and the tissue names.
+
+    With a non-empty ``class`` column (GM, WM, CSF; see
+    :func:`atlas.segmentation.labels.read_label_table`), labels are grouped by class (in
+    the order CSF, GM, WM) and unclassified labels become background. Otherwise every
+    label is one tissue named by :data:`TISSUE_ALIASES` (e.g. oasis2d seg4: Cortex -> GM,
+    Subcortical-Gray-Matter -> SGM, White-Matter -> WM, CSF -> CSF).
+
+    Returns
+    -------
+    (int ``(max id + 1,)`` lookup array, list of tissue names)
+
+    Raises
+    ------
+    ValueError if a label name is not a known tissue and the table has no ``class``.
+    """
+    lookup = np.zeros(int(table["index"].max()) + 1, dtype=np.int16)
+    classes = table["class"].str.strip().str.upper() if "class" in table else None
+    if classes is not None and classes.isin(["CSF", "GM", "WM"]).any():
+        names = [c for c in ("CSF", "GM", "WM") if (classes == c).any()]
+        for k, name in enumerate(names, start=1):
+            lookup[table.loc[classes == name, "index"].to_numpy()] = k
+        return lookup, names
+    alias = {a: t for t, names in TISSUE_ALIASES.items() for a in names}
+    names = []
+    for row in table.itertuples(index=False):
+        key = str(row.name).strip().lower().replace(" ", "-").replace("_", "-")
+        if key not in alias:
+            raise ValueError(
+                f"label {row.name!r} is no known tissue ({sorted(TISSUE_ALIASES)}); add a "
+                "class column (GM, WM, CSF) to the label table"
+            )
+        if alias[key] not in names:
+            names.append(alias[key])
+        lookup[row.index] = names.index(alias[key]) + 1
+    return lookup, names

@@ -84,3 +84,35 @@ def method_summary(
         "ncc": rows.ncc.mean(),
         "seconds_per_subject": rows.seconds.mean(),
     }
+
+
+EVALUATION_TISSUES = ("WM", "GM", "CSF")
+"""Tissues scored by :func:`tissue_dice` (WM, cortical GM, CSF as in the anatomy-realistic
+GAN atlas paper's table)."""
+
+
+def tissue_dice(atlas_tissues, subject_tissues, tissue_names, tissues=EVALUATION_TISSUES) -> dict:
+    """Dice per tissue of an atlas tissue map carried to a subject vs the subject's tissues.
+
+    Parameters
+    ----------
+    atlas_tissues, subject_tissues : int maps on the subject grid, 0 = background and
+        ``k`` = ``tissue_names[k - 1]`` (e.g. the argmax of the atlas tissue
+        probabilities warped to the subject, and the subject's held-out segmentation).
+    tissue_names : names of the map ids 1..K (:attr:`atlas.learn.Cohort.tissue_names`).
+    tissues : names to score; ``GM`` is the cortical grey matter (``SGM`` is separate).
+
+    Returns
+    -------
+    dict ``dice_<tissue>`` -> Dice in [0, 1] (:func:`atlas.metrics.dice`).
+
+    Raises
+    ------
+    ValueError if a requested tissue is not in ``tissue_names``.
+    """
+    missing = [t for t in tissues if t not in tissue_names]
+    if missing:
+        raise ValueError(f"tissues {missing} not in the tissue maps {list(tissue_names)}")
+    ids = [list(tissue_names).index(t) + 1 for t in tissues]
+    scores = metrics.dice(atlas_tissues, subject_tissues, labels=ids)
+    return {f"dice_{t}": scores[i] for t, i in zip(tissues, ids, strict=True)}

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import torch
 
 from .. import io, qc
@@ -46,6 +47,8 @@ class LearnedRegistration:
     warped_labels : int subject labels in atlas space (nearest neighbour), ``(*S)`` or
         ``(L, *S)`` like the input labels, or None.
     seconds : wall time of the forward pass (network + integration + warps), s.
+    warped_tissues : ``(K + 1, *S)`` atlas tissue probabilities (background first) warped
+        to the subject (``T_tis(a) ∘ (Id + u)``, linear), or None without tissue maps.
     """
 
     atlas: np.ndarray
@@ -54,6 +57,7 @@ class LearnedRegistration:
     inverse_displacement: np.ndarray
     warped_labels: np.ndarray | None
     seconds: float
+    warped_tissues: np.ndarray | None = None
 
 
 class LearnedAtlas:
@@ -83,6 +87,8 @@ class LearnedAtlas:
         self.disk_shape = tuple(self.meta["disk_shape"])
         self.shape = tuple(self.meta["shape"])
         self.spacing = training_spacing(self.affine, self.disk_shape)
+        self.n_labels = int(self.meta["n_labels"])
+        self.tissue_names = list(self.meta.get("tissue_names", []))
 
     def _attributes(self, ages, sex=None) -> torch.Tensor:
         ages = np.atleast_1d(np.asarray(ages, dtype=np.float64))
@@ -113,8 +119,19 @@ class LearnedAtlas:
         label probabilities — or None when the model learned no labels).
         """
         tpl = self.model.template(self._attributes(ages, sex)).cpu().numpy()
-        labels = tpl[:, 1:].argmax(1).astype(np.int16) if tpl.shape[1] > 1 else None
+        lab = tpl[:, 1 : 1 + self.n_labels]
+        labels = lab.argmax(1).astype(np.int16) if self.n_labels else None
         return tpl[:, 0], labels
+
+    @torch.no_grad()
+    def tissue_maps(self, ages, sex=None) -> np.ndarray | None:
+        """Tissue probability maps ``(N, K + 1, *S)`` at ``ages`` (years): background then
+        :attr:`tissue_names`, non-negative and summing to 1 per voxel (softmax); None for
+        a model without tissue maps (``tissue_weight = 0``)."""
+        if not self.tissue_names:
+            return None
+        tpl = self.model.template(self._attributes(ages, sex))
+        return tpl[:, 1 + self.n_labels :].cpu().numpy()
 
     @torch.no_grad()
     def register(self, image, age: float, sex=None, labels=None) -> LearnedRegistration:
@@ -154,6 +171,7 @@ class LearnedAtlas:
             warped_labels = warped_labels.round().astype(np.int16)
             if np.size(labels) == np.prod(self.shape):
                 warped_labels = warped_labels[0]
+        tissues = out["warped"][0, 1 + self.n_labels :] if self.tissue_names else None
         seconds = time.perf_counter() - tic
         return LearnedRegistration(
             atlas=out["template"][0, 0].cpu().numpy(),
@@ -162,7 +180,19 @@ class LearnedAtlas:
             inverse_displacement=inverse[0].movedim(0, -1).cpu().numpy(),
             warped_labels=warped_labels,
             seconds=seconds,
+            warped_tissues=None if tissues is None else tissues.cpu().numpy(),
         )
+
+    @torch.no_grad()
+    def to_subject(self, array, displacement: np.ndarray, nearest: bool = False) -> np.ndarray:
+        """Carry an atlas-space ``(*S)`` or ``(C, *S)`` array to a subject with the
+        atlas -> subject pull-back ``displacement`` ``(*S, ndim)`` voxels
+        (:attr:`LearnedRegistration.displacement`); nearest neighbour for label maps."""
+        arr = np.asarray(array, dtype=np.float32)
+        x = torch.from_numpy(arr.reshape(-1, *self.shape))[None].to(self.device)
+        u = torch.from_numpy(np.moveaxis(displacement, -1, 0).copy())[None].to(self.device)
+        out = SpatialTransformer("nearest" if nearest else "bilinear")(x, u)[0].cpu().numpy()
+        return out.reshape(arr.shape)
 
     def world_displacement(self, displacement: np.ndarray) -> np.ndarray:
         """Convert ``(*S, ndim)`` voxel displacements to ``(*S, 3)`` RAS millimetres."""
@@ -289,17 +319,51 @@ def export_templateflow(
     """
     atlas = LearnedAtlas(model_path, device)
     ages = [float(a) for a in ages]
-    images, labels = atlas.templates(ages, None if sex is None else [sex] * len(ages))
+    sexes = None if sex is None else [sex] * len(ages)
+    images, labels = atlas.templates(ages, sexes)
+    tissues = atlas.tissue_maps(ages, sexes)
     description = templateflow_description(atlas, ages, name, res)
     affines = [age_scaled_affine(aarn, age, atlas.affine) for age in ages]
     root = Path(out_root) / f"tpl-{name}"
+    label_suffix = "desc-labels_dseg" if tissues is not None else "dseg"
     for k, affine in enumerate(affines, start=1):
         atlas.write(images[k - 1], root / templateflow_name(name, k, res), affine=affine)
         if labels is not None:
-            path = root / templateflow_name(name, k, res, "dseg")
+            path = root / templateflow_name(name, k, res, label_suffix)
             atlas.write(labels[k - 1], path, np.int16, affine)
+        if tissues is not None:
+            paths = tissue_paths(root, name, k, res, atlas.tissue_names)
+            write_tissues(atlas, tissues[k - 1], paths, affine)
+    if tissues is not None:
+        io.write_tsv(tissue_table(atlas.tissue_names), root / f"tpl-{name}_dseg.tsv")
     io.write_json(description, root / "template_description.json")
     return root
+
+
+def tissue_paths(root, name: str, cohort: int, res, tissue_names) -> dict:
+    """Paths of one cohort's tissue outputs: ``probseg`` (one
+    ``..._label-<tissue>_probseg.nii.gz`` per tissue) and ``dseg`` (``..._dseg.nii.gz``)."""
+    root = Path(root)
+    return {
+        "probseg": [
+            root / templateflow_name(name, cohort, res, f"label-{t}_probseg") for t in tissue_names
+        ],
+        "dseg": root / templateflow_name(name, cohort, res, "dseg"),
+    }
+
+
+def tissue_table(tissue_names) -> pd.DataFrame:
+    """The ``_dseg.tsv`` of the tissue label maps: ``index`` 1..K and ``name``."""
+    return pd.DataFrame({"index": range(1, len(tissue_names) + 1), "name": list(tissue_names)})
+
+
+def write_tissues(atlas: LearnedAtlas, maps: np.ndarray, paths: dict, affine=None) -> None:
+    """Write one age's tissue maps ``(K + 1, *S)`` (background first): each tissue's
+    probability to ``paths["probseg"]`` and the argmax label map (0 = background) to
+    ``paths["dseg"]`` (:func:`tissue_paths`)."""
+    for channel, path in enumerate(paths["probseg"], start=1):
+        atlas.write(maps[channel], path, affine=affine)
+    atlas.write(maps.argmax(0).astype(np.int16), paths["dseg"], np.int16, affine)
 
 
 def montage_slices(atlas: LearnedAtlas, images) -> list[np.ndarray]:
@@ -326,10 +390,23 @@ def montage(model_path_or_atlas, ages, png, sex=None) -> Path:
         else LearnedAtlas(model_path_or_atlas)
     )
     ages = [float(a) for a in ages]
-    images, _ = atlas.templates(ages, None if sex is None else [sex] * len(ages))
-    vmax = float(np.percentile(images, 99.5))
-    io.save_figure(qc.plot_age_montage(montage_slices(atlas, images), ages, vmax), png)
+    sexes = None if sex is None else [sex] * len(ages)
+    images, _ = atlas.templates(ages, sexes)
+    io.save_figure(montage_figure(atlas, images, atlas.tissue_maps(ages, sexes), ages), png)
     return Path(png)
+
+
+def montage_figure(atlas: LearnedAtlas, images, tissues, ages):
+    """The montage Figure: the intensity atlases ``(N, *S)`` at ``ages`` (years) in a row
+    (:func:`atlas.qc.plot_age_montage`), or, with tissue maps ``(N, K + 1, *S)``, the
+    intensity row above one row per tissue (:func:`atlas.qc.plot_age_tissue_montage`)."""
+    vmax = float(np.percentile(images, 99.5))
+    if tissues is None:
+        return qc.plot_age_montage(montage_slices(atlas, images), ages, vmax)
+    rows = [montage_slices(atlas, tissues[:, k]) for k in range(1, tissues.shape[1])]
+    return qc.plot_age_tissue_montage(
+        montage_slices(atlas, images), rows, atlas.tissue_names, ages, vmax
+    )
 
 
 def register_file(

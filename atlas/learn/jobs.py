@@ -34,15 +34,31 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import io, qc
+from .. import io
 from ..registration import read_affine_ras, read_warp, write_warp
 from . import evaluation
 from .aarn import AARN, fit_aarn, mean_scale
 from .data import load_bids_cohort, load_cohort, to_years
-from .inference import LearnedAtlas, age_scaled_affine, montage_slices, templateflow_description
+from .inference import (
+    LearnedAtlas,
+    age_scaled_affine,
+    montage_figure,
+    templateflow_description,
+    tissue_table,
+    write_tissues,
+)
 from .training import train
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "train_atlas",
+    "fit_age_affines",
+    "sample_atlases",
+    "register_subject",
+    "register_iterative",
+    "evaluate",
+]
 
 REFERENCES = [
     "Dalca et al. 2019, NeurIPS (conditional deformable templates)",
@@ -86,13 +102,16 @@ def train_atlas(
     participants=None,
     image_suffix=None,
     label_suffix=None,
+    tissue_suffix=None,
 ):
     """Train (or resume) the conditional atlas and publish model, losses and loss curve.
 
     Either ``images`` (this run's normalised NIfTI files) with ``ages`` (in ``age_units``),
     ``sex`` (F/M) and ``subjects``; or ``participants``, the ``participants.tsv`` of a BIDS
     dataset already aligned to one grid, read by :func:`atlas.learn.load_bids_cohort` with
-    ``image_suffix`` and ``label_suffix`` (None: no labels). ``hyper`` holds keys of
+    ``image_suffix``, ``label_suffix`` (None: no labels) and ``tissue_suffix`` (None: no
+    tissue maps; else grouped into tissues by the dataset's label table). ``hyper`` holds
+    keys of
     :data:`atlas.learn.DEFAULT_CONFIG`; checkpoints live in ``checkpoint_dir``, which a
     failed or killed job leaves in place, so rerunning the rule resumes from the last
     checkpoint (raising ``steps`` continues a finished training).
@@ -108,7 +127,8 @@ def train_atlas(
     if images is not None:
         cohort = load_cohort(images, to_years(ages, age_units), sex, subjects)
     else:
-        cohort = load_bids_cohort(Path(participants).parent, image_suffix, label_suffix)
+        root = Path(participants).parent
+        cohort = load_bids_cohort(root, image_suffix, label_suffix, tissue_suffix=tissue_suffix)
         cohort.ages = to_years(cohort.ages, age_units)
     log.info(
         "training on %d images %s, ages %.3g-%.3g y, device %s",
@@ -167,6 +187,9 @@ def sample_atlases(
     aarn=None,
     out_scaled=(),
     out_labels=(),
+    out_probseg=(),
+    out_tissue_dseg=(),
+    out_tissue_table=None,
 ):
     """Atlases at ``ages`` as a TemplateFlow template, plus the montage PNG.
 
@@ -174,23 +197,32 @@ def sample_atlases(
     the training grid; ``out_labels[k-1]`` its learned label map (models trained with
     labels). With an ``aarn``, ``out_scaled[k-1]`` holds the same voxels with the header
     affine ``M(age) @ affine``: the atlas returned to the mean head size and position at
-    that age. Everything is computed before the first file is written.
+    that age. For a tissue-guided atlas, ``out_probseg`` holds one
+    ``..._label-<tissue>_probseg`` per age and tissue (age-major, tissues in model order),
+    ``out_tissue_dseg[k-1]`` the argmax tissue map (``_dseg``) and ``out_tissue_table`` its
+    ``_dseg.tsv``; the montage then shows intensity and tissue rows side by side.
+    Everything is computed before the first file is written.
 
     Raises
     ------
-    ValueError if ``out_atlases``, ``out_scaled`` or ``out_labels`` do not match the ages
-    and the model (labels learned or not, AARN given or not).
+    ValueError if ``out_atlases``, ``out_scaled``, ``out_labels`` or the tissue outputs do
+    not match the ages and the model (labels or tissues learned or not, AARN given or not).
     """
     _set_threads(threads)
     years = [float(a) for a in to_years(ages, age_units)]
     atlas = LearnedAtlas(model, device)
     images, labels = atlas.templates(years)
     net = None if aarn is None else AARN.load(aarn)
+    tissues = atlas.tissue_maps(years)
+    n_tissues = len(atlas.tissue_names)
     want = (len(years), 0 if net is None else len(years), 0 if labels is None else len(years))
-    if (len(out_atlases), len(out_scaled), len(out_labels)) != want:
+    want += (len(years) * n_tissues, len(years) if n_tissues else 0, bool(n_tissues))
+    got = (len(out_atlases), len(out_scaled), len(out_labels), len(out_probseg))
+    got += (len(out_tissue_dseg), out_tissue_table is not None)
+    if got != want:
         raise ValueError(
-            f"{len(years)} ages need {want} (atlases, age-scaled, label maps) outputs, "
-            f"got {len(out_atlases)}, {len(out_scaled)}, {len(out_labels)}"
+            f"{len(years)} ages need {want} (atlases, age-scaled, label maps, probseg, tissue "
+            f"dseg, tissue table) outputs, got {got}"
         )
     scaled = [age_scaled_affine(net, age, atlas.affine) for age in years] if net is not None else []
     desc = templateflow_description(atlas, years, name, res_label)
@@ -204,8 +236,7 @@ def sample_atlases(
     }
     if net is not None:
         desc["age_scaled"] = "desc-agescaled: header affine M(age) @ affine from the AARN"
-    vmax = float(np.percentile(images, 99.5))
-    figure = qc.plot_age_montage(montage_slices(atlas, images), years, vmax)
+    figure = montage_figure(atlas, images, tissues, years)
 
     for k, path in enumerate(out_atlases):
         atlas.write(images[k], path)
@@ -213,6 +244,11 @@ def sample_atlases(
         atlas.write(labels[k], path, np.int16)
     for k, path in enumerate(out_scaled):
         atlas.write(images[k], path, affine=scaled[k])
+    for k, path in enumerate(out_tissue_dseg):
+        probseg = out_probseg[k * n_tissues : (k + 1) * n_tissues]
+        write_tissues(atlas, tissues[k], {"probseg": probseg, "dseg": path})
+    if n_tissues:
+        io.write_tsv(tissue_table(atlas.tissue_names), out_tissue_table)
     io.write_json(desc, out_description)
     io.save_figure(figure, out_montage)
 

@@ -171,3 +171,63 @@ def dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> to
     inter = (pred * target).sum(dims)
     total = pred.sum(dims) + target.sum(dims)
     return 1.0 - ((2.0 * inter + eps) / (total + eps)).mean()
+
+
+ADVERSARIAL_LOSSES = ("lsgan", "hinge")
+
+
+def discriminator_loss(real: torch.Tensor, fake: torch.Tensor, kind: str = "lsgan") -> torch.Tensor:
+    """Discriminator loss of patch logits ``real`` and ``fake`` (any equal-rank tensors).
+
+    ``lsgan``: ``mean (D(x) - 1)^2 + mean D(G)^2`` (Mao et al. 2017, ICCV, Eq. 9, a = 0,
+    b = c = 1); ``hinge``: ``mean relu(1 - D(x)) + mean relu(1 + D(G))`` (Lim & Ye 2017;
+    Miyato et al. 2018, Eq. 16).
+
+    Raises
+    ------
+    ValueError for another ``kind``.
+    """
+    if kind == "lsgan":
+        return ((real - 1.0) ** 2).mean() + (fake**2).mean()
+    if kind == "hinge":
+        return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+    raise ValueError(f"adversarial loss must be one of {ADVERSARIAL_LOSSES}, got {kind!r}")
+
+
+def generator_loss(fake: torch.Tensor, kind: str = "lsgan") -> torch.Tensor:
+    """Generator (atlas) adversarial loss of the fake patch logits: ``mean (D(G) - 1)^2``
+    (``lsgan``, Mao et al. 2017, Eq. 9, c = 1) or ``-mean D(G)`` (``hinge``).
+
+    Raises
+    ------
+    ValueError for another ``kind``.
+    """
+    if kind == "lsgan":
+        return ((fake - 1.0) ** 2).mean()
+    if kind == "hinge":
+        return -fake.mean()
+    raise ValueError(f"adversarial loss must be one of {ADVERSARIAL_LOSSES}, got {kind!r}")
+
+
+def gradient_penalty(critic, points: torch.Tensor, attributes: torch.Tensor, target=0.0):
+    """``mean_b (||∇_x mean_p D(x_b, y_b)_p|| - target)^2`` at ``points`` ``(B, C, *S)``.
+
+    ``target = 0`` at real images is the R1 penalty ``||∇D||^2`` (Mescheder et al. 2018,
+    ICML, Eq. 9, without the ``γ/2`` factor, which is the caller's weight); ``target = 1``
+    at random interpolates of real and fake images is the WGAN-GP penalty (Gulrajani et al.
+    2017, NeurIPS, Eq. 3). ``critic(points, attributes)`` returns ``(B, ...)`` logits,
+    averaged per batch element. For a linear critic ``D(x) = <w, x>`` the value is
+    ``(||w|| - target)^2``. The graph is kept so the penalty can be back-propagated.
+    """
+    points = points.detach().requires_grad_(True)
+    scores = critic(points, attributes).flatten(1).mean(1)
+    (grad,) = torch.autograd.grad(scores.sum(), points, create_graph=True)
+    norms = grad.flatten(1).norm(dim=1)
+    return ((norms - target) ** 2).mean()
+
+
+def ramp(step: int, warmup_steps: int) -> float:
+    """Linear warm-up factor ``min(1, step / warmup_steps)`` (1 when ``warmup_steps <= 0``):
+    the adversarial weight starts at 0 so the atlas is first shaped by the similarity loss
+    (early adversarial training of an untrained atlas can collapse)."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)

@@ -182,6 +182,9 @@ class ConditionalTemplate(nn.Module):
     base_labels : optional initial label logits ``(K, *shape)``; when given, the template
         has ``1 + K`` channels: intensity then label probabilities (softmax of
         ``base_labels + residual``).
+    base_tissues : optional initial tissue logits ``(K_t, *shape)`` (background first);
+        when given, ``K_t`` tissue-probability channels follow (their own softmax), the
+        tissue maps of the tissue-guided atlas (Li group's anatomy-realistic GAN atlas).
     hidden : MLP width; ``channels`` : decoder width; ``levels`` : log2 of the
         MLP-output grid's downsampling (>= 1).
 
@@ -191,7 +194,15 @@ class ConditionalTemplate(nn.Module):
     """
 
     def __init__(
-        self, shape, n_attributes, base, base_labels=None, hidden=64, channels=16, levels=3
+        self,
+        shape,
+        n_attributes,
+        base,
+        base_labels=None,
+        hidden=64,
+        channels=16,
+        levels=3,
+        base_tissues=None,
     ):
         super().__init__()
         if levels < 1:
@@ -210,6 +221,11 @@ class ConditionalTemplate(nn.Module):
             self.base_labels = nn.Parameter(labels.reshape(1, -1, *self.shape))
             n_labels = labels.shape[0]
         self.n_labels = n_labels
+        self.n_tissues = 0
+        if base_tissues is not None:
+            tissues = torch.as_tensor(base_tissues, dtype=torch.float32)
+            self.base_tissues = nn.Parameter(tissues.reshape(1, -1, *self.shape))
+            self.n_tissues = tissues.shape[0]
         self.mlp = nn.Sequential(
             nn.Linear(n_attributes, hidden),
             nn.LeakyReLU(0.2),
@@ -217,20 +233,25 @@ class ConditionalTemplate(nn.Module):
             nn.LeakyReLU(0.2),
         )
         self.decoder = nn.ModuleList(ConvBlock(ndim, channels, channels) for _ in range(levels - 1))
-        self.head = _conv(ndim)(channels, 1 + n_labels, 3, padding=1)
+        self.head = _conv(ndim)(channels, 1 + n_labels + self.n_tissues, 3, padding=1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, attributes: torch.Tensor) -> torch.Tensor:
-        """Template ``(B, 1 + K, *shape)`` for normalised ``attributes`` ``(B, n_attributes)``."""
+        """Template ``(B, 1 + K + K_t, *shape)`` for normalised ``attributes``
+        ``(B, n_attributes)``: intensity, label probabilities, tissue probabilities (each
+        group non-negative and summing to 1 per voxel)."""
         x = self.mlp(attributes).view(-1, self.channels, *self.low)
         for block in self.decoder:
             x = block(F.interpolate(x, scale_factor=2, mode=_interp_mode(self.ndim)))
         res = F.interpolate(self.head(x), size=self.shape, mode=_interp_mode(self.ndim))
-        image = self.base + res[:, :1]
-        if not self.n_labels:
-            return image
-        return torch.cat([image, torch.softmax(self.base_labels + res[:, 1:], dim=1)], dim=1)
+        out = [self.base + res[:, :1]]
+        k = 1 + self.n_labels
+        if self.n_labels:
+            out.append(torch.softmax(self.base_labels + res[:, 1:k], dim=1))
+        if self.n_tissues:
+            out.append(torch.softmax(self.base_tissues + res[:, k:], dim=1))
+        return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
 
 class ConditionalAtlas(nn.Module):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..io import InputError
-from .data import sex_codes
+from .data import read_tissue_table, sex_codes, tissue_lookup
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class LearnedPlan:
     eval_labels : ``evaluation_labels`` for a cohort source, else None (no evaluation).
     device : torch device of the training job (``"cuda"`` with ``use_gpu``, else
         ``"auto"``: CUDA when visible, else CPU).
+    tissue_names : tissues of the learned tissue maps (``learned.tissue_weight > 0``),
+        read from the dataset's label table of ``learned.tissue_suffix``; empty otherwise.
     """
 
     name: str
@@ -41,6 +43,7 @@ class LearnedPlan:
     learns_labels: bool
     eval_labels: dict | None
     device: str
+    tissue_names: tuple = ()
 
 
 def plan_learned(lcfg: dict, res_label: str) -> LearnedPlan:
@@ -54,7 +57,36 @@ def plan_learned(lcfg: dict, res_label: str) -> LearnedPlan:
         learns_labels=lcfg["train"]["dice_weight"] > 0,
         eval_labels=lcfg["evaluation_labels"] if from_cohort else None,
         device="cuda" if lcfg["use_gpu"] else "auto",
+        tissue_names=tuple(tissue_names(lcfg)),
     )
+
+
+def tissue_names(lcfg: dict) -> list:
+    """Tissues learned by the atlas: from ``<learned.source>/<learned.tissue_suffix>.tsv``
+    (:func:`atlas.learn.data.tissue_lookup`) when ``learned.tissue_weight > 0`` and the
+    table exists; else ``[]`` (:func:`check_learned_config` reports a missing table)."""
+    if lcfg["tissue_weight"] <= 0 or lcfg["source"] == "cohort" or not lcfg["tissue_suffix"]:
+        return []
+    table = Path(lcfg["source"], f"{lcfg['tissue_suffix']}.tsv")
+    return tissue_lookup(read_tissue_table(table))[1] if table.is_file() else []
+
+
+def train_hyper(lcfg: dict) -> dict:
+    """Training settings (:data:`atlas.learn.training.DEFAULT_CONFIG` keys) of the block:
+    ``learned.train`` plus the variant switches ``learned.tissue_weight`` and
+    ``learned.adversarial`` and the ``learned.discriminator`` settings."""
+    disc = lcfg["discriminator"]
+    return dict(lcfg["train"]) | {
+        "tissue_weight": lcfg["tissue_weight"],
+        "adversarial": lcfg["adversarial"],
+        "adversarial_weight": disc["weight"],
+        "disc_lr": disc["lr"],
+        "disc_loss": disc["loss"],
+        "disc_penalty": disc["penalty"],
+        "disc_penalty_weight": disc["penalty_weight"],
+        "disc_warmup_steps": disc["warmup_steps"],
+        "disc_channels": list(disc["channels"]),
+    }
 
 
 def check_learned_config(lcfg: dict, images: pd.DataFrame) -> None:
@@ -68,7 +100,8 @@ def check_learned_config(lcfg: dict, images: pd.DataFrame) -> None:
     atlas.io.InputError naming the config key: a cohort source with an image without age,
     fewer than two images, or ``train.use_sex`` with an image without F/M sex; a dataset
     source without ``participants.tsv``; ``train.dice_weight > 0`` without a dataset source
-    and ``label_suffix``.
+    and ``label_suffix``; ``tissue_weight > 0`` without a dataset source and
+    ``tissue_suffix``, with ``train.dice_weight > 0``, or with an unreadable tissue table.
     """
     from_cohort = lcfg["source"] == "cohort"
     if from_cohort:
@@ -92,13 +125,36 @@ def check_learned_config(lcfg: dict, images: pd.DataFrame) -> None:
             "config key learned.train.dice_weight: > 0 needs a dataset source "
             "(learned.source) with learned.label_suffix"
         )
+    _check_tissues(lcfg)
+
+
+def _check_tissues(lcfg: dict) -> None:
+    """The checks of ``learned.tissue_weight`` (see :func:`check_learned_config`)."""
+    if lcfg["tissue_weight"] <= 0:
+        return
+    if lcfg["source"] == "cohort" or not lcfg["tissue_suffix"]:
+        raise InputError(
+            "config key learned.tissue_weight: > 0 needs a dataset source (learned.source) "
+            "with learned.tissue_suffix (tissues of a cohort source are not supported yet)"
+        )
+    if lcfg["train"]["dice_weight"] > 0:
+        raise InputError(
+            "config key learned.tissue_weight: > 0 with learned.train.dice_weight > 0 would "
+            "write two _dseg atlases; learn labels or tissues"
+        )
+    table = Path(lcfg["source"], f"{lcfg['tissue_suffix']}.tsv")
+    try:
+        tissue_lookup(read_tissue_table(table))
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(f"config key learned.tissue_suffix: {exc}") from exc
 
 
 def train_params(lcfg: dict, images: pd.DataFrame) -> dict:
     """The cohort params of the training job (:func:`atlas.learn.jobs.train_atlas`):
     ``ages`` (in ``learned.age_units``), ``sex`` (F, M or n/a) and ``subjects`` of the run's
-    images for a cohort source; the file endings ``image_suffix`` and ``label_suffix`` (the
-    latter only when labels are learned) for a dataset source."""
+    images for a cohort source; the file endings ``image_suffix``, ``label_suffix`` (only
+    when labels are learned) and ``tissue_suffix`` (only when tissues are learned) for a
+    dataset source."""
     if lcfg["source"] == "cohort":
         return {
             "ages": [float(a) for a in images.age],
@@ -109,6 +165,7 @@ def train_params(lcfg: dict, images: pd.DataFrame) -> dict:
     return {
         "image_suffix": lcfg["image_suffix"],
         "label_suffix": lcfg["label_suffix"] if learns_labels else None,
+        "tissue_suffix": lcfg["tissue_suffix"] if lcfg["tissue_weight"] > 0 else None,
     }
 
 

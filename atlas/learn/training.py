@@ -8,10 +8,27 @@ an uninterrupted run with the same seed on the same device.
 Objective per batch of subjects ``s`` with attributes ``a`` (template = moving image)::
 
     L = sim(T(a) ∘ φ, s) + λ_reg R(v) + λ_c ||ū||^2 + λ_dice (1 - Dice(T_lab(a) ∘ φ, s_lab))
+        + λ_tissue (1 - Dice(T_tis(a) ∘ φ, s_tis)) + w(t) λ_adv L_G(D(T(a) ∘ φ, a))
 
 with ``φ = exp(v)`` (scaling and squaring), ``R`` the diffusion norm ``||∇v||^2`` or
 ``||(-α Δ + Id) v||^2`` (optionally with a cascade of ``α``), ``ū`` the running mean of
 the displacements (centrality) and the Dice term only when label maps are given.
+
+One model family, four variants by two switches (a 2 x 2 design):
+
+* ``tissue_weight > 0``: the template also outputs tissue probability maps (softmax over
+  background + tissues) supervised by the soft Dice with each subject's tissue segmentation
+  (the tissue-guided atlas of the anatomy-realistic GAN 4D atlas, Li group).
+* ``adversarial``: an age-conditional patch discriminator ``D``
+  (:mod:`atlas.learn.discriminator`) judges subjects (real) against the atlas warped to
+  them (fake) (Atlas-GAN, Dey et al. 2021, ICCV); ``D`` and the atlas alternate one step
+  each per batch in the same loop; ``w(t)`` ramps linearly from 0 over
+  ``disc_warmup_steps`` (:func:`atlas.learn.losses.ramp`).
+
+Loss terms logged per variant (:data:`LOSS_TERMS`): ``total``, ``similarity``,
+``regularisation``, ``centrality`` always; ``dice`` with ``dice_weight > 0``; ``tissue``
+with ``tissue_weight > 0``; ``adversarial`` (atlas), ``discriminator`` and
+``gradient_penalty`` (discriminator) with ``adversarial``.
 """
 
 from __future__ import annotations
@@ -32,6 +49,7 @@ from tqdm import tqdm
 from .. import io, qc
 from . import losses
 from .data import Cohort, attribute_matrix
+from .discriminator import PatchDiscriminator
 from .networks import ConditionalAtlas, ConditionalTemplate, RegistrationNet
 
 log = logging.getLogger(__name__)
@@ -48,6 +66,15 @@ DEFAULT_CONFIG = {
     "centrality_weight": 0.01,  # λ_c, voxels^-2
     "centrality_momentum": 0.99,  # running-mean momentum of the mean displacement
     "dice_weight": 0.0,  # λ_dice; > 0 requires cohort labels and learns label channels
+    "tissue_weight": 0.0,  # λ_tissue; > 0 requires cohort tissues, learns tissue maps
+    "adversarial": False,  # Atlas-GAN: train an age-conditional patch discriminator
+    "adversarial_weight": 0.1,  # λ_adv after the warm-up
+    "disc_lr": 2e-4,  # Adam learning rate of the discriminator
+    "disc_loss": "lsgan",  # "lsgan" (least squares) or "hinge"
+    "disc_penalty": "r1",  # "r1" (real images) or "gp" (WGAN-GP at interpolates)
+    "disc_penalty_weight": 1.0,  # weight of the gradient penalty
+    "disc_warmup_steps": 500,  # steps of the linear ramp of λ_adv from 0
+    "disc_channels": [16, 32, 64],  # discriminator channels (each level halves the grid)
     "use_sex": False,  # condition on sex as well as age
     "enc": [16, 32, 32, 32],  # U-Net encoder channels
     "dec": [32, 32, 32, 32, 16],  # U-Net decoder channels
@@ -63,6 +90,22 @@ DEFAULT_CONFIG = {
 
 # Keys that may change between an interrupted run and its resumption.
 RESUMABLE_KEYS = {"steps", "checkpoint_every", "log_every", "device"}
+
+
+def loss_terms(config: dict) -> list[str]:
+    """Names of the losses logged per step for ``config`` (missing keys: defaults), in
+    log order: the documented terms of each variant (see the module docstring)."""
+    cfg = {**DEFAULT_CONFIG, **config}
+    terms = ["total", "similarity", "regularisation", "centrality"]
+    terms += ["dice"] if cfg["dice_weight"] > 0 else []
+    terms += ["tissue"] if cfg["tissue_weight"] > 0 else []
+    if cfg["adversarial"]:
+        terms += ["adversarial", "discriminator", "gradient_penalty"]
+    return terms
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or gradient of the atlas or the discriminator became NaN/Inf."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,17 +124,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(config: dict, meta: dict, base=None, base_labels=None) -> ConditionalAtlas:
+def build_model(
+    config: dict, meta: dict, base=None, base_labels=None, base_tissues=None
+) -> ConditionalAtlas:
     """Instantiate the :class:`ConditionalAtlas` described by ``config`` and ``meta``.
 
-    ``meta`` holds ``shape``, ``n_attributes`` and ``n_labels`` (see :func:`train`);
-    ``base`` / ``base_labels`` initialise the template (zeros when None, e.g. before
-    loading a state dict).
+    ``meta`` holds ``shape``, ``n_attributes``, ``n_labels`` and, for a tissue-guided
+    atlas, ``tissue_names`` (see :func:`train`); ``base`` / ``base_labels`` /
+    ``base_tissues`` initialise the template (zeros when None, e.g. before loading a state
+    dict).
     """
     shape = tuple(meta["shape"])
     base = np.zeros(shape, np.float32) if base is None else base
     if base_labels is None and meta["n_labels"]:
         base_labels = np.zeros((meta["n_labels"], *shape), np.float32)
+    n_tissues = len(meta.get("tissue_names", [])) + 1 if meta.get("tissue_names") else 0
+    if base_tissues is None and n_tissues:
+        base_tissues = np.zeros((n_tissues, *shape), np.float32)
     template = ConditionalTemplate(
         shape,
         meta["n_attributes"],
@@ -99,6 +148,7 @@ def build_model(config: dict, meta: dict, base=None, base_labels=None) -> Condit
         base_labels,
         hidden=config["template_hidden"],
         channels=config["template_channels"],
+        base_tissues=base_tissues,
     )
     registration = RegistrationNet(
         shape, config["enc"], config["dec"], config["int_steps"], config["int_downsize"]
@@ -124,6 +174,10 @@ def settings(config: dict, cohort: Cohort) -> dict:
         raise ValueError("use_sex=True but the cohort has no sex")
     if cfg["dice_weight"] > 0 and cohort.labels is None:
         raise ValueError("dice_weight > 0 but the cohort has no labels")
+    if cfg["tissue_weight"] > 0 and cohort.tissues is None:
+        raise ValueError("tissue_weight > 0 but the cohort has no tissue segmentations")
+    if cfg["disc_loss"] not in losses.ADVERSARIAL_LOSSES or cfg["disc_penalty"] not in ("r1", "gp"):
+        raise ValueError("disc_loss must be 'lsgan'|'hinge' and disc_penalty 'r1'|'gp'")
     return cfg
 
 
@@ -143,6 +197,8 @@ def cohort_meta(cohort: Cohort, cfg: dict) -> tuple[dict, np.ndarray]:
         "n_attributes": attrs.shape[1],
         "n_labels": n_labels,
     }
+    if cfg["tissue_weight"] > 0:
+        meta["tissue_names"] = list(cohort.tissue_names)
     return meta, attrs
 
 
@@ -156,10 +212,21 @@ class _State:
     mean_displacement: torch.Tensor
     history: list = field(default_factory=list)
     step: int = 0
+    discriminator: PatchDiscriminator | None = None
+    disc_optimiser: torch.optim.Optimizer | None = None
+    saved_step: int | None = None
 
     def save(self, path: Path, cfg: dict, meta: dict, step: int) -> None:
-        """Checkpoint of tensors and plain containers only (loadable with ``weights_only``)."""
-        state = {
+        """Checkpoint of tensors and plain containers only (loadable with ``weights_only``);
+        with the discriminator and its optimiser when adversarial."""
+        self.saved_step = step
+        adversarial = {}
+        if self.discriminator is not None:
+            adversarial = {
+                "discriminator": self.discriminator.state_dict(),
+                "disc_optimiser": self.disc_optimiser.state_dict(),
+            }
+        state = adversarial | {
             "step": step,
             "config": cfg,
             "meta": meta,
@@ -178,13 +245,26 @@ def _initial_state(cfg: dict, meta: dict, cohort: Cohort, device) -> _State:
     if meta["n_labels"]:
         freq = np.stack([(cohort.labels == k).mean(0) for k in range(meta["n_labels"])])
         base_labels = np.log(freq + 1e-3)
-    model = build_model(cfg, meta, cohort.images.mean(0), base_labels).to(device)
-    return _State(
+    base_tissues = None
+    if meta.get("tissue_names"):
+        n_tissues = len(meta["tissue_names"]) + 1
+        freq = np.stack([(cohort.tissues == k).mean(0) for k in range(n_tissues)])
+        base_tissues = np.log(freq + 1e-3)
+    model = build_model(cfg, meta, cohort.images.mean(0), base_labels, base_tissues).to(device)
+    state = _State(
         model=model,
         optimiser=torch.optim.Adam(model.parameters(), lr=cfg["lr"]),
         sampler=torch.Generator().manual_seed(cfg["seed"]),
         mean_displacement=torch.zeros((1, len(cohort.shape), *cohort.shape), device=device),
     )
+    if cfg["adversarial"]:
+        disc = PatchDiscriminator(len(cohort.shape), meta["n_attributes"], cfg["disc_channels"])
+        state.discriminator = disc.to(device)
+        # Adam betas (0.5, 0.999): the usual GAN setting (Radford et al. 2016, DCGAN).
+        state.disc_optimiser = torch.optim.Adam(
+            disc.parameters(), lr=cfg["disc_lr"], betas=(0.5, 0.999)
+        )
+    return state
 
 
 def _resume(state: _State, path: Path, cfg: dict, meta: dict, device) -> None:
@@ -196,7 +276,9 @@ def _resume(state: _State, path: Path, cfg: dict, meta: dict, device) -> None:
     another cohort.
     """
     ckpt = load_checkpoint(path, device)
-    differs = {k for k in DEFAULT_CONFIG if ckpt["config"][k] != cfg[k] and k not in RESUMABLE_KEYS}
+    old = ckpt["config"]
+    changed = {k for k in DEFAULT_CONFIG if old.get(k, DEFAULT_CONFIG[k]) != cfg[k]}
+    differs = changed - RESUMABLE_KEYS
     if differs:
         raise ValueError(f"{path} was trained with other {sorted(differs)}")
     if ckpt["meta"] != meta:
@@ -205,7 +287,11 @@ def _resume(state: _State, path: Path, cfg: dict, meta: dict, device) -> None:
     state.optimiser.load_state_dict(ckpt["optimiser"])
     state.sampler.set_state(ckpt["sampler"])
     state.mean_displacement = ckpt["mean_displacement"].to(device)
+    if state.discriminator is not None:
+        state.discriminator.load_state_dict(ckpt["discriminator"])
+        state.disc_optimiser.load_state_dict(ckpt["disc_optimiser"])
     state.history, state.step = ckpt["history"], ckpt["step"]
+    state.saved_step = state.step
     log.info("resuming from %s at step %d", path, state.step)
 
 
@@ -215,9 +301,11 @@ def load_checkpoint(path, device="cpu") -> dict:
     return torch.load(path, map_location=device, weights_only=True)
 
 
-def _batch_loss(model, cfg: dict, step: int, batch: dict, mean_disp: torch.Tensor):
-    """Total loss, its terms and the updated running mean displacement for one batch
-    (``batch``: ``subject``, ``attributes`` and, when learning labels, one-hot ``labels``)."""
+def _batch_loss(model, cfg: dict, step: int, batch: dict, mean_disp, discriminator=None):
+    """Total loss, its terms, the updated running mean displacement and the model output
+    for one batch (``batch``: ``subject``, ``attributes`` and, when learned, one-hot
+    ``labels`` / ``tissues`` ``(B, K, *S)``); with ``discriminator`` the ramped adversarial
+    term of the atlas (the discriminator's weights get no gradient)."""
     subject = batch["subject"]
     out = model(subject, batch["attributes"])
     warped = out["warped"]
@@ -235,11 +323,87 @@ def _batch_loss(model, cfg: dict, step: int, batch: dict, mean_disp: torch.Tenso
     central = losses.centrality_loss(mean_disp_step)
     total = sim + cfg["reg_weight"] * reg + cfg["centrality_weight"] * central
     terms = {"similarity": sim, "regularisation": reg, "centrality": central}
+    n_labels = model.template.n_labels
     if "labels" in batch:
-        dice = losses.dice_loss(warped[:, 1:], batch["labels"])
+        dice = losses.dice_loss(warped[:, 1 : 1 + n_labels], batch["labels"])
         total = total + cfg["dice_weight"] * dice
         terms["dice"] = dice
-    return total, terms, mean_disp_step
+    if "tissues" in batch:
+        # Soft Dice over the tissues (background channel excluded).
+        tissue = losses.dice_loss(warped[:, 2 + n_labels :], batch["tissues"][:, 1:])
+        total = total + cfg["tissue_weight"] * tissue
+        terms["tissue"] = tissue
+    if discriminator is not None:
+        discriminator.requires_grad_(False)
+        logits = discriminator(warped[:, :1], batch["attributes"])
+        adv = losses.generator_loss(logits, cfg["disc_loss"])
+        discriminator.requires_grad_(True)
+        weight = cfg["adversarial_weight"] * losses.ramp(step, cfg["disc_warmup_steps"])
+        total = total + weight * adv
+        terms["adversarial"] = adv
+    return total, terms, mean_disp_step, out
+
+
+def _discriminator_step(state: _State, cfg: dict, batch: dict, fake: torch.Tensor) -> dict:
+    """One optimiser step of the discriminator on real ``batch["subject"]`` vs ``fake``
+    (the atlas warped to the subjects, detached); returns its terms (0-d tensors).
+
+    Raises
+    ------
+    TrainingDiverged if its loss or gradient is not finite (before the step is taken).
+    """
+    disc, real, attrs = state.discriminator, batch["subject"], batch["attributes"]
+    adv = losses.discriminator_loss(disc(real, attrs), disc(fake, attrs), cfg["disc_loss"])
+    if cfg["disc_penalty"] == "r1":
+        penalty = losses.gradient_penalty(disc, real, attrs, target=0.0)
+    else:
+        shape = (real.shape[0],) + (1,) * (real.dim() - 1)
+        eps = torch.rand(shape, generator=state.sampler).to(real.device)
+        penalty = losses.gradient_penalty(disc, eps * real + (1 - eps) * fake, attrs, 1.0)
+    total = adv + cfg["disc_penalty_weight"] * penalty
+    state.disc_optimiser.zero_grad(set_to_none=True)
+    _check_finite("discriminator", total)
+    total.backward()
+    _check_finite("discriminator", total, disc)
+    state.disc_optimiser.step()
+    return {"discriminator": adv, "gradient_penalty": penalty}
+
+
+def _check_finite(network: str, loss: torch.Tensor, module=None) -> None:
+    """Raise :class:`TrainingDiverged` if ``loss`` or, with ``module``, the gradient norm
+    of its parameters (after ``backward``) is NaN/Inf. The loss is checked before
+    ``backward`` too: back-propagating NaN sampling coordinates through ``grid_sample`` is
+    not safe."""
+    grads = [] if module is None else [p.grad for p in module.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else loss
+    if not (torch.isfinite(loss) and torch.isfinite(norm)):
+        raise TrainingDiverged(
+            f"{network} diverged: loss {loss.item():.4g}, gradient norm {norm.item():.4g}"
+        )
+
+
+def _step(state: _State, cfg: dict, step: int, batch: dict) -> dict:
+    """One training step (atlas, then discriminator when adversarial) on ``batch``;
+    returns the logged losses (floats, :func:`loss_terms` order).
+
+    Raises
+    ------
+    TrainingDiverged if a loss or gradient of either network is NaN/Inf; no weight is
+    updated by the failing network's step.
+    """
+    total, terms, mean_disp, out = _batch_loss(
+        state.model, cfg, step, batch, state.mean_displacement, state.discriminator
+    )
+    state.optimiser.zero_grad(set_to_none=True)
+    _check_finite("atlas (generator)", total)
+    total.backward()
+    _check_finite("atlas (generator)", total, state.model)
+    state.optimiser.step()
+    state.mean_displacement = mean_disp.detach()
+    if state.discriminator is not None:
+        fake = out["warped"][:, :1].detach()
+        terms |= _discriminator_step(state, cfg, batch, fake)
+    return {"total": total.item(), **{k: v.item() for k, v in terms.items()}}
 
 
 def progress_line(step: int, steps: int, start: int, elapsed: float, record: dict) -> str:
@@ -319,24 +483,28 @@ def train(config: dict, cohort: Cohort, out_dir, on_step=None) -> dict:
 
     images = torch.from_numpy(cohort.images)[:, None]
     attributes = torch.from_numpy(attrs)
-    n_labels = meta["n_labels"]
-    label_maps = torch.from_numpy(cohort.labels.astype(np.int64)) if n_labels else None
+    maps = {}
+    if meta["n_labels"]:
+        maps["labels"] = (torch.from_numpy(cohort.labels.astype(np.int64)), meta["n_labels"])
+    if meta.get("tissue_names"):
+        n_tissues = len(meta["tissue_names"]) + 1
+        maps["tissues"] = (torch.from_numpy(cohort.tissues.astype(np.int64)), n_tissues)
     state.model.train()
     start, tic = state.step, time.perf_counter()
     for step in range(start, cfg["steps"]):
         idx = torch.randint(len(images), (cfg["batch_size"],), generator=state.sampler)
         batch = {"subject": images[idx].to(device), "attributes": attributes[idx].to(device)}
-        if n_labels:
-            target = F.one_hot(label_maps[idx].to(device), n_labels)
-            batch["labels"] = target.movedim(-1, 1).float()
-        total, terms, mean_disp = _batch_loss(
-            state.model, cfg, step, batch, state.mean_displacement
-        )
-        state.optimiser.zero_grad(set_to_none=True)
-        total.backward()
-        state.optimiser.step()
-        state.mean_displacement = mean_disp.detach()
-        record = {"total": total.item(), **{k: v.item() for k, v in terms.items()}}
+        for key, (array, n) in maps.items():
+            batch[key] = F.one_hot(array[idx].to(device), n).movedim(-1, 1).float()
+        try:
+            record = _step(state, cfg, step, batch)
+        except TrainingDiverged as exc:
+            kept = f"{ckpt_path} (step {state.saved_step})" if state.saved_step else "none"
+            raise TrainingDiverged(
+                f"training stopped at step {step + 1}: {exc}. Last good checkpoint kept: "
+                f"{kept}; lower the learning rates or lengthen the adversarial warm-up "
+                "(train.lr, disc_lr, disc_warmup_steps) and rerun to resume"
+            ) from exc
         state.history.append(record)
         if on_step is not None:
             on_step(step + 1, record)

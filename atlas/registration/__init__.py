@@ -15,13 +15,15 @@ Backends (:data:`BACKENDS`) are modules with the same functions:
 - ``register_preset(fixed, moving, outprefix, ...) -> Registration``: a named preset
   returning forward and inverse :class:`TransformChain`.
 
-``ants`` (antspyx) is the reference backend and the only one today.
+``ants`` (antspyx) is the reference backend; ``greedy`` (picsl-greedy, Greedy's Python API on
+SimpleITK images in memory) writes the same files (:mod:`atlas.registration.greedy`).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import sys
 from types import ModuleType
 
 from .transforms import (
@@ -31,11 +33,12 @@ from .transforms import (
     jacobian_determinant_image,
     read_affine_ras,
     read_warp,
+    write_affine_ras,
     write_warp,
 )
 
 #: Registration backends by config name -> module implementing the interface above.
-BACKENDS = {"ants": "atlas.registration.ants"}
+BACKENDS = {"ants": "atlas.registration.ants", "greedy": "atlas.registration.greedy"}
 
 
 def backend(name: str = "ants") -> ModuleType:
@@ -50,17 +53,48 @@ def backend(name: str = "ants") -> ModuleType:
     return importlib.import_module(BACKENDS[name])
 
 
+def check_stage(params: dict, warp_out, inverse_warp_out) -> str:
+    """The transform of one registration stage (``params["transform"]``), checked.
+
+    Raises
+    ------
+    ValueError for a transform other than Rigid / Affine / SyN, or a SyN stage
+    without both warp output paths.
+    """
+    transform = params["transform"]
+    if transform not in ("Rigid", "Affine", "SyN"):
+        raise ValueError(f"unknown transform {transform!r} (Rigid, Affine or SyN)")
+    if transform == "SyN" and (warp_out is None or inverse_warp_out is None):
+        raise ValueError("a SyN stage needs warp_out and inverse_warp_out")
+    return transform
+
+
 def set_determinism(seed: int, threads: int) -> None:
     """Fix what makes registrations differ between runs: the random sampling seed and the
     ITK thread count (ANTs reductions depend on it), before ANTs loads.
 
-    A run is reproducible for a given ``threads``; the seed fixes the metric sampling.
+    A run is reproducible for a given ``threads``; the seed fixes the metric sampling (ANTs)
+    and the affine sample jitter (Greedy, ``-seed``). ANTs is not imported here (~3 s a job):
+    :mod:`atlas.registration.ants` copies the seed into ``ants.config`` when it loads.
     """
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(threads))
     os.environ["ANTS_RANDOM_SEED"] = str(int(seed))
-    import ants
+    if "ants" in sys.modules:  # already loaded: set it now
+        sys.modules["ants"].config._random_seed = int(seed)
 
-    ants.config._random_seed = int(seed)
+
+def preset_kwargs(registration) -> dict:
+    """:func:`register_preset` keywords of a config block ``{transform, iterations, backend,
+    greedy}`` (``segmentation.registration``): ``iterations`` are the ANTs SyN iterations,
+    the greedy backend reads the ``greedy`` block (:data:`atlas.registration.greedy.DEFAULTS`
+    for missing keys). A block without ``backend`` is ANTs."""
+    name = registration.get("backend", "ants")
+    kw = {"type_of_transform": registration["transform"], "backend_name": name}
+    if name == "greedy":
+        kw["greedy"] = dict(registration.get("greedy") or {})
+    else:
+        kw["reg_iterations"] = registration["iterations"]
+    return kw
 
 
 def register(*args, backend_name: str = "ants", **kwargs):
@@ -79,11 +113,14 @@ __all__ = [
     "Registration",
     "TransformChain",
     "backend",
+    "check_stage",
     "jacobian_determinant_image",
+    "preset_kwargs",
     "read_affine_ras",
     "read_warp",
     "register",
     "register_preset",
     "set_determinism",
+    "write_affine_ras",
     "write_warp",
 ]

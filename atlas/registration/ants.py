@@ -8,6 +8,7 @@ Transform lists are applied to a point from the last entry to the first.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -16,7 +17,11 @@ from pathlib import Path
 import ants
 
 from ..io import atomic_path
+from . import check_stage
 from .transforms import Registration, TransformChain
+
+if "ANTS_RANDOM_SEED" in os.environ:  # atlas.registration.set_determinism ran before ANTs loaded
+    ants.config._random_seed = int(os.environ["ANTS_RANDOM_SEED"])
 
 
 def registration_kwargs(params: dict) -> dict:
@@ -73,11 +78,7 @@ def register(
     ------
     ValueError for an unknown transform or a SyN stage without warp paths.
     """
-    transform = params["transform"]
-    if transform not in ("Rigid", "Affine", "SyN"):
-        raise ValueError(f"unknown transform {transform!r} (Rigid, Affine or SyN)")
-    if transform == "SyN" and (warp_out is None or inverse_warp_out is None):
-        raise ValueError("a SyN stage needs warp_out and inverse_warp_out")
+    transform = check_stage(params, warp_out, inverse_warp_out)
     kw = registration_kwargs(params)
     with tempfile.TemporaryDirectory(prefix="atlas-reg-") as tmpdir:
         out = ants.registration(

@@ -28,7 +28,7 @@ import pandas as pd
 
 from .. import io
 from ..qc import plot_evaluation, plot_volumes_vs_age, segmentation_overlay
-from ..registration import TransformChain, register_preset
+from ..registration import TransformChain, preset_kwargs, register_preset
 from .evaluation import evaluation_summary, score_fusion_methods
 from .labels import (
     apply_tissue_classes,
@@ -156,7 +156,8 @@ def register_atlas(
 ):
     """Register a preprocessed atlas T1w (``moving``) to a target or the template (``fixed``)
     with :func:`atlas.registration.register_preset`; ``registration`` =
-    ``{transform, iterations}`` (a SyN-family ANTs preset and its per-level SyN iterations).
+    ``{transform, iterations, backend, greedy}`` (a SyN-family ANTs preset, its per-level SyN
+    iterations, the backend and its settings: :func:`atlas.registration.preset_kwargs`).
     Writes the forward affine and warp, and optionally the inverse warp and the warped atlas
     T1w; the transform files ANTs writes stay in a private folder removed on return."""
     with tempfile.TemporaryDirectory(prefix="atlas-") as tmp:
@@ -164,8 +165,7 @@ def register_atlas(
             io.read_image(fixed),
             io.read_image(moving),
             str(Path(tmp) / "reg_"),
-            type_of_transform=registration["transform"],
-            reg_iterations=registration["iterations"],
+            **preset_kwargs(registration),
         )
         warp, affine = result.forward.paths
         writes = [(io.copy_file, affine, out_affine), (io.copy_file, warp, out_warp)]
@@ -370,10 +370,7 @@ def evaluate_fold(
     if atlas_affines:
         chains = _chains(atlas_affines, atlas_warps, target_affine, target_inverse_warp)
     else:
-        preset = {
-            "type_of_transform": registration["transform"],
-            "reg_iterations": registration["iterations"],
-        }
+        preset = preset_kwargs(registration)
     start = time.perf_counter()
     result = _propagate(
         target,

@@ -13,7 +13,8 @@ import pandas as pd
 from .. import io, metrics, qc
 from ..preprocess import foreground_mask
 from ..provenance import software_versions
-from ..registration import jacobian_determinant_image, register
+from ..registration import jacobian_determinant_image
+from ..registration.jobs import register_to_template  # noqa: F401  (step template.register_to_template)
 from .convergence import evaluate_convergence
 from .methods import average_images, shape_update, sharpen, template_change
 
@@ -24,32 +25,6 @@ def init(*, images, out_template, average):
     """template_0: average of the affinely normalised images (``average``: mean, median,
     normalized_mean; :func:`atlas.template.average_images`)."""
     io.write_image(average_images([io.read_image(p) for p in images], average), out_template)
-
-
-def register_to_template(
-    *,
-    template,
-    image,
-    initial_affine,
-    out_affine,
-    out_warped,
-    params,
-    out_warp=None,
-    out_inverse_warp=None,
-):
-    """Register one subject to template_k: affine, or affine + SyN when ``params``
-    (:func:`atlas.template.plan.stage_params`) says ``transform: SyN`` (then ``out_warp``
-    and ``out_inverse_warp`` are required)."""
-    warped = register(
-        io.read_image(template),
-        io.read_image(image),
-        params,
-        out_affine,
-        out_warp,
-        out_inverse_warp,
-        initial_transform=initial_affine,
-    )
-    io.write_image(warped, out_warped)
 
 
 def update(

@@ -29,7 +29,9 @@ def stage(k: int, n_affine: int) -> str:
 def stage_params(k: int, tcfg: dict) -> dict:
     """Registration settings of iteration ``k`` for :func:`atlas.registration.register`:
     ``template.affine`` with ``transform="Affine"``, or ``template.affine`` updated by
-    ``template.syn`` with ``transform="SyN"``."""
+    ``template.syn`` with ``transform="SyN"``; plus ``greedy`` = ``template.greedy`` (read by
+    the greedy backend only, :mod:`atlas.registration.greedy`)."""
+    greedy = dict(tcfg.get("greedy") or {})
     if stage(k, tcfg["affine_iterations"]) == "affine":
-        return dict(tcfg["affine"], transform="Affine")
-    return dict(tcfg["affine"], **tcfg["syn"], transform="SyN")
+        return dict(tcfg["affine"], transform="Affine", greedy=greedy)
+    return dict(tcfg["affine"], **tcfg["syn"], transform="SyN", greedy=greedy)

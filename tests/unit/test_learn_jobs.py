@@ -268,20 +268,76 @@ def test_registrations_and_evaluation_compare_both_methods(run, tmp_path):
     assert len(pd.read_csv(tmp_path / "subjects.tsv", sep="\t")) == 4
 
 
-def test_train_atlas_from_a_bids_dataset_with_labels(tmp_path):
-    """Dataset source (participants.tsv input): a 2D BIDS cohort with label maps, ages in
-    months; the sampled template carries learned label maps."""
+def _bids_dataset(root):
+    """3 subjects of a 2D BIDS dataset (ages 240-480 months) with desc-seg_dseg label maps
+    (1 = WM, 2 = CSF, named in ``desc-seg_dseg.tsv``)."""
     rng = np.random.default_rng(3)
     rows = []
     affine = np.diag([2.0, 2.0, 3.0, 1.0])
     for i in range(3):
-        anat = tmp_path / "bids" / f"sub-{i}" / "anat"
+        anat = root / f"sub-{i}" / "anat"
         anat.mkdir(parents=True)
         image = _blob(5 + i, rng)[:, :, 8:9]
         _save(image, anat / f"sub-{i}_acq-slice_desc-norm_T1w.nii.gz", affine)
-        _save((image > 0.3).astype(np.int16), anat / f"sub-{i}_acq-slice_desc-seg_dseg.nii", affine)
+        seg = (image > 0.3).astype(np.int16) + (image > 0.9)
+        _save(seg, anat / f"sub-{i}_acq-slice_desc-seg_dseg.nii", affine)
         rows.append({"participant_id": f"sub-{i}", "age": 240 + 120 * i, "sex": "F"})
-    pd.DataFrame(rows).to_csv(tmp_path / "bids" / "participants.tsv", sep="\t", index=False)
+    pd.DataFrame(rows).to_csv(root / "participants.tsv", sep="\t", index=False)
+    (root / "desc-seg_dseg.tsv").write_text("index\tname\n1\tWhite-Matter\n2\tCSF\n")
+
+
+def test_gan_tissue_atlas_from_a_bids_dataset_writes_tissue_maps(tmp_path):
+    """GAN + tissue variant through the jobs: tissue maps from the dataset's label table,
+    written per age as label-<tissue>_probseg, dseg and the dseg.tsv."""
+    _bids_dataset(tmp_path / "bids")
+    out = tmp_path / "out"
+    ljobs.train_atlas(
+        out_model=out / "model.pt",
+        out_losses=out / "losses.tsv",
+        out_loss_curve=out / "loss.png",
+        hyper=dict(HYPER, tissue_weight=1.0, adversarial=True, disc_channels=[4, 8]),
+        checkpoint_dir=tmp_path / "train",
+        device="cpu",
+        age_units="months",
+        threads=1,
+        participants=tmp_path / "bids" / "participants.tsv",
+        image_suffix="desc-norm_T1w",
+        tissue_suffix="desc-seg_dseg",
+    )
+    assert "discriminator" in pd.read_csv(out / "losses.tsv", sep="\t")
+    tpl = out / "tpl-dsLearned"
+    stem = [tpl / f"cohort-{k}" / f"tpl-dsLearned_cohort-{k}_res-1" for k in (1, 2)]
+    probseg = [f"{s}_label-{t}_probseg.nii.gz" for s in stem for t in ("WM", "CSF")]
+    kwargs = dict(
+        model=out / "model.pt",
+        out_description=tpl / "template_description.json",
+        out_montage=out / "montage.png",
+        out_atlases=[f"{s}_T1w.nii.gz" for s in stem],
+        ages=[240, 480],
+        age_units="months",
+        name="dsLearned",
+        res_label="1",
+        threads=1,
+    )
+    with pytest.raises(ValueError, match="probseg"):
+        ljobs.sample_atlases(**kwargs)  # tissue outputs missing
+    ljobs.sample_atlases(
+        **kwargs,
+        out_probseg=probseg,
+        out_tissue_dseg=[f"{s}_dseg.nii.gz" for s in stem],
+        out_tissue_table=tpl / "tpl-dsLearned_dseg.tsv",
+    )
+    wm, csf = (nib.load(p).get_fdata() for p in probseg[2:])
+    dseg = np.asarray(nib.load(f"{stem[1]}_dseg.nii.gz").dataobj)
+    assert wm.shape == dseg.shape == (16, 16, 1) and wm.min() >= 0 and (wm + csf).max() <= 1
+    assert set(np.unique(dseg)) <= {0, 1, 2}
+    assert (tpl / "tpl-dsLearned_dseg.tsv").read_text() == "index\tname\n1\tWM\n2\tCSF\n"
+
+
+def test_train_atlas_from_a_bids_dataset_with_labels(tmp_path):
+    """Dataset source (participants.tsv input): a 2D BIDS cohort with label maps, ages in
+    months; the sampled template carries learned label maps."""
+    _bids_dataset(tmp_path / "bids")
     out = tmp_path / "out"
     ljobs.train_atlas(
         out_model=out / "model.pt",
@@ -298,7 +354,7 @@ def test_train_atlas_from_a_bids_dataset_with_labels(tmp_path):
     )
     atlas = LearnedAtlas(out / "model.pt")
     assert atlas.shape == (16, 16) and atlas.disk_shape == (16, 16, 1)
-    assert atlas.meta["age_range"] == [20.0, 40.0] and atlas.meta["n_labels"] == 2
+    assert atlas.meta["age_range"] == [20.0, 40.0] and atlas.meta["n_labels"] == 3
     tpl = out / "tpl-dsLearned" / "cohort-1"
     ljobs.sample_atlases(
         model=out / "model.pt",

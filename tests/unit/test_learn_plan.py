@@ -11,6 +11,7 @@ from atlas.learn.plan import (
     check_learned_config,
     iterative_registration_params,
     plan_learned,
+    train_hyper,
     train_params,
     train_resources,
 )
@@ -26,6 +27,18 @@ LCFG = {
     "age_units": "years",
     "aarn": True,
     "evaluation_labels": {"dir": "derivatives/dlmuse", "desc": "dlmuse"},
+    "tissue_weight": 0.0,
+    "tissue_suffix": None,
+    "adversarial": False,
+    "discriminator": {
+        "weight": 0.1,
+        "lr": 0.0002,
+        "loss": "lsgan",
+        "penalty": "r1",
+        "penalty_weight": 1.0,
+        "warmup_steps": 500,
+        "channels": [16, 32, 64],
+    },
     "train": {"dice_weight": 0.0, "use_sex": False, "seed": 0},
 }
 IMAGES = pd.DataFrame({"img": ["sub-01", "sub-02"], "age": [30.0, 60.0], "sex": ["F", None]})
@@ -86,7 +99,11 @@ def test_train_params_by_source():
         "subjects": ["sub-01", "sub-02"],
     }
     ds = cfg(source="/data", label_suffix="desc-seg_dseg")
-    assert train_params(ds, IMAGES) == {"image_suffix": "desc-norm_T1w", "label_suffix": None}
+    assert train_params(ds, IMAGES) == {
+        "image_suffix": "desc-norm_T1w",
+        "label_suffix": None,
+        "tissue_suffix": None,
+    }
     ds["train"]["dice_weight"] = 1.0
     assert train_params(ds, IMAGES)["label_suffix"] == "desc-seg_dseg"
 
@@ -102,10 +119,44 @@ def test_train_resources_and_registration_params():
         "syn": {"metric": "CC", "iterations": [5]},
     }
     params = iterative_registration_params(tcfg)
-    assert params == {
+    expected = {
         "affine_metric": "mattes",
         "affine_iterations": [10],
         "metric": "CC",
         "iterations": [5],
         "transform": "SyN",
     }
+    # The template's last SyN stage settings (backend-specific keys may come with them).
+    assert {k: params[k] for k in expected} == expected
+
+
+def test_variant_switches_reach_the_training_config():
+    from atlas.learn.training import DEFAULT_CONFIG
+
+    hyper = train_hyper(cfg(adversarial=True, tissue_weight=0.5))
+    assert set(hyper) <= set(DEFAULT_CONFIG)
+    assert hyper["adversarial"] and hyper["tissue_weight"] == 0.5
+    assert (hyper["disc_lr"], hyper["disc_warmup_steps"], hyper["adversarial_weight"]) == (
+        0.0002,
+        500,
+        0.1,
+    )
+
+
+def test_tissue_variant_needs_a_dataset_with_a_tissue_table(tmp_path):
+    (tmp_path / "participants.tsv").write_text("participant_id\tage\n")
+    with pytest.raises(InputError, match="learned.tissue_weight"):
+        check_learned_config(cfg(tissue_weight=1.0), IMAGES)
+    ds = cfg(source=str(tmp_path), tissue_weight=1.0, tissue_suffix="desc-seg4_dseg")
+    with pytest.raises(InputError, match="learned.tissue_suffix"):
+        check_learned_config(ds, IMAGES)  # no desc-seg4_dseg.tsv
+    (tmp_path / "desc-seg4_dseg.tsv").write_text(
+        "index\tname\n0\tUnknown\n1\tCortex\n2\tWhite-Matter\n3\tCSF\n"
+    )
+    check_learned_config(ds, IMAGES)
+    assert plan_learned(ds, "1").tissue_names == ("GM", "WM", "CSF")
+    assert train_params(ds, IMAGES)["tissue_suffix"] == "desc-seg4_dseg"
+    with pytest.raises(InputError, match="dice_weight"):
+        both = cfg(source=str(tmp_path), tissue_weight=1.0, tissue_suffix="desc-seg4_dseg")
+        both["train"]["dice_weight"] = 1.0
+        check_learned_config(both | {"label_suffix": "desc-seg4_dseg"}, IMAGES)

@@ -127,3 +127,19 @@ def test_reference_grid_and_crop(brain):
     nz = np.argwhere(fg.numpy() > 0)
     assert tight.shape == tuple(nz.max(0) - nz.min(0) + 1)
     assert tight.sum() == fg.numpy().sum()
+
+
+def test_foreground_mask_matches_ants_components_and_hole_filling(brain):
+    """The scipy foreground equals ANTs' threshold -> GetLargestComponent -> FillHoles on
+    a brain with a closed interior hole and a detached bright blob (both must go)."""
+    image, mask = brain
+    arr = image.numpy().copy()
+    centre = tuple(s // 2 for s in arr.shape)
+    arr[tuple(slice(c - 3, c + 3) for c in centre)] = 0.0  # a hole inside the brain
+    arr[1:4, 1:4, 1:4] = arr.max()  # a detached blob in a corner
+    image = image.new_image_like(arr)
+    ours = foreground_mask(image).numpy() > 0
+    thr = image.new_image_like((arr > 0.05 * np.percentile(arr, 99.5)).astype("float32"))
+    ref = ants.iMath(ants.iMath(thr, "GetLargestComponent"), "FillHoles").numpy() > 0
+    assert ours[centre] and not ours[2, 2, 2]
+    assert np.array_equal(ours, ref)

@@ -18,7 +18,14 @@ N_AFFINE = config["template"]["affine_iterations"]
 N_SYN = config["template"]["syn_iterations"]
 N_ITER = N_AFFINE + N_SYN
 RUN = "../scripts/run.py"
-ENV = "../../envs/atlas.yaml"
+# Software environment of each rule family (`--sdm conda`), relative to the rule files
+ENV_ANTS = "../../envs/registration.yaml"  # ANTs registration, preprocessing, fusion
+ENV_TORCH = "../../envs/torch.yaml"  # learned atlases
+ENV_REPORT = "../../envs/reporting.yaml"  # tables, figures, provenance
+ENV = ENV_ANTS  # default for rules not yet assigned a family
+
+
+container: config["container"]  # --sdm apptainer: the image built from Containerfile
 
 
 def _stop(msg):
@@ -42,6 +49,7 @@ try:
             config["session"],
         ),
         config["on_bad_subject"],
+        cache=f"{WORK}/cache/image_validation.json",  # voxels read once, not per job
     )
 except InputError as exc:
     _stop(str(exc))
@@ -80,11 +88,33 @@ def iter_path(k, name):
     return f"{WORK}/template/iter-{k}/{name}"
 
 
-def job_resources(factor=1):
-    return {
-        "mem_mb": config["mem_mb"] * factor,
-        "runtime": config["runtime_min"] * factor,
+def job_resources(family="registration", gpu=False):
+    """Scheduler resources of a job of rule ``family`` (a key of ``cluster.families``).
+
+    ``mem_mb`` and ``runtime`` (minutes) are the family's measured sizes (README,
+    "Running on a cluster") times ``cluster.scale``; ``slurm_partition`` and
+    ``slurm_account`` are added when set; ``gpu`` jobs (the GPU request itself is
+    ``gpu=1``, added by the learned rules) go to ``cluster.gpu_partition`` with
+    ``cluster.cpus_per_gpu`` CPUs. Local runs ignore all but ``mem_mb``.
+    """
+    ccfg = config["cluster"]
+    size = ccfg["families"][family]
+    # jobs that hold every image at once (template averages) grow with the cohort and
+    # with the grid's voxel count (mem_mb_per_image is for a 2 mm grid)
+    per_image = size.get("mem_mb_per_image", 0) * (2.0 / config["resolution"]) ** 3
+    mem_mb = (size["mem_mb"] + per_image * len(IMAGES)) * ccfg["scale"]
+    res = {
+        "mem_mb": int(round(mem_mb)),
+        "runtime": max(1, int(round(size["runtime"] * ccfg["scale"]))),
     }
+    partition = (ccfg["gpu_partition"] if gpu else None) or ccfg["partition"]
+    if partition:
+        res["slurm_partition"] = partition
+    if ccfg["account"]:
+        res["slurm_account"] = ccfg["account"]
+    if gpu:
+        res["cpus_per_gpu"] = ccfg["cpus_per_gpu"]
+    return res
 
 
 # --- template iterations (stage and stage_params: atlas.template.plan) ---

@@ -23,17 +23,19 @@ rule learned_train:
     log:
         f"{OUT}/logs/learned_train.log",
     conda:
-        ENV
+        ENV_TORCH
     threads: config["threads_per_job"]
     resources:
-        **train_resources(LCFG, job_resources()),
+        **train_resources(
+            LEARNED_CFG, job_resources("train", gpu=LEARNED_CFG["use_gpu"])
+        ),
     params:
-        **train_params(LCFG, IMAGES),
+        **train_params(LEARNED_CFG, IMAGES),
         step="learn.train_atlas",
-        hyper=LCFG["train"],
+        hyper=train_hyper(LEARNED_CFG),
         checkpoint_dir=f"{LWORK}/train",
         device=LPLAN.device,
-        age_units=LCFG["age_units"],
+        age_units=LEARNED_CFG["age_units"],
         threads=lambda w, threads: threads,
     script:
         RUN
@@ -48,15 +50,15 @@ rule learned_aarn:
     log:
         f"{OUT}/logs/learned_aarn.log",
     conda:
-        ENV
+        ENV_TORCH
     resources:
-        **job_resources(),
+        **job_resources("torch"),
     params:
         step="learn.fit_age_affines",
         ages=list(IMAGES.age),
-        sample_ages=LCFG["ages"],
-        age_units=LCFG["age_units"],
-        seed=LCFG["train"]["seed"],
+        sample_ages=LEARNED_CFG["ages"],
+        age_units=LEARNED_CFG["age_units"],
+        seed=LEARNED_CFG["train"]["seed"],
     script:
         RUN
 
@@ -68,6 +70,15 @@ rule learned_sample:
     output:
         **({"out_scaled": LEARNED["scaled"]} if LPLAN.use_aarn else {}),
         **({"out_labels": LEARNED["labels"]} if LPLAN.learns_labels else {}),
+        **(
+            {
+                "out_probseg": LEARNED["probseg"],
+                "out_tissue_dseg": LEARNED["tissue_dseg"],
+                "out_tissue_table": LEARNED["tissue_table"],
+            }
+            if LPLAN.tissue_names
+            else {}
+        ),
         out_description=LEARNED["description"],
         out_atlases=LEARNED["atlases"],
         out_montage=report(
@@ -78,14 +89,14 @@ rule learned_sample:
     log:
         f"{OUT}/logs/learned_sample.log",
     conda:
-        ENV
+        ENV_TORCH
     threads: config["threads_per_job"]
     resources:
-        **job_resources(),
+        **job_resources("torch"),
     params:
         step="learn.sample_atlases",
-        ages=LCFG["ages"],
-        age_units=LCFG["age_units"],
+        ages=LEARNED_CFG["ages"],
+        age_units=LEARNED_CFG["age_units"],
         name=LNAME,
         res_label=LPLAN.res_label,
         threads=lambda w, threads: threads,
@@ -108,15 +119,15 @@ rule learned_register:
     log:
         f"{OUT}/logs/{{subdir}}/{{img}}_learned_register.log",
     conda:
-        ENV
+        ENV_TORCH
     threads: config["threads_per_job"]
     resources:
-        **job_resources(),
+        **job_resources("registration"),
     params:
         step="learn.register_subject",
         img=lambda w: w.img,
         age=lambda w: AGE[w.img],
-        age_units=LCFG["age_units"],
+        age_units=LEARNED_CFG["age_units"],
         threads=lambda w, threads: threads,
     script:
         RUN
@@ -135,10 +146,10 @@ rule learned_register_iterative:
     log:
         f"{OUT}/logs/{{subdir}}/{{img}}_learned_register_iterative.log",
     conda:
-        ENV
+        ENV_TORCH
     threads: config["threads_per_job"]
     resources:
-        **job_resources(),
+        **job_resources("registration"),
     params:
         step="learn.register_iterative",
         img=lambda w: w.img,
@@ -167,9 +178,9 @@ rule learned_evaluation:
     log:
         f"{OUT}/logs/learned_evaluation.log",
     conda:
-        ENV
+        ENV_TORCH
     resources:
-        **job_resources(),
+        **job_resources("light"),
     params:
         step="learn.evaluate",
         learned_name=LNAME,

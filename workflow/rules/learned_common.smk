@@ -4,23 +4,24 @@ from atlas.learn.plan import (
     check_learned_config,
     iterative_registration_params,
     plan_learned,
+    train_hyper,
     train_params,
     train_resources,
 )
 
-LCFG = config["learned"]
-LPLAN = plan_learned(LCFG, RES)
+LEARNED_CFG = config["learned"]
+LPLAN = plan_learned(LEARNED_CFG, RES)
 LNAME = LPLAN.name
 LDIR = f"{OUT}/tpl-{LNAME}"
 LWORK = f"{WORK}/learned"
 FROM_COHORT = LPLAN.from_cohort
 LABELS = LPLAN.eval_labels
-N_AGES = len(LCFG["ages"])
+N_AGES = len(LEARNED_CFG["ages"])
 AGE = dict(zip(IMAGES.img, IMAGES.age))
 
-if LCFG["enabled"]:
+if LEARNED_CFG["enabled"]:
     try:
-        check_learned_config(LCFG, IMAGES)
+        check_learned_config(LEARNED_CFG, IMAGES)
     except InputError as exc:
         _stop(str(exc))
 
@@ -46,14 +47,30 @@ if LPLAN.use_aarn:
     LEARNED["scaled"] = learned_cohort_paths("desc-agescaled_T1w")
 if LPLAN.learns_labels:
     LEARNED["labels"] = learned_cohort_paths("dseg")
+if LPLAN.tissue_names:
+    LEARNED["probseg"] = [
+        path
+        for k in range(N_AGES)
+        for path in (
+            learned_cohort_paths(f"label-{t}_probseg")[k] for t in LPLAN.tissue_names
+        )
+    ]
+    LEARNED["tissue_dseg"] = learned_cohort_paths("dseg")
+    LEARNED["tissue_table"] = f"{LDIR}/tpl-{LNAME}_dseg.tsv"
 if FROM_COHORT:
     LEARNED["evaluation"] = f"{OUT}/group/desc-learned_evaluation.tsv"
     LEARNED["registration"] = f"{OUT}/group/desc-learnedregistration_table.tsv"
 LEARNED_TARGETS = [
-    *(v for k, v in LEARNED.items() if k not in ("atlases", "scaled", "labels")),
+    *(
+        v
+        for k, v in LEARNED.items()
+        if k not in ("atlases", "scaled", "labels", "probseg", "tissue_dseg")
+    ),
     *LEARNED["atlases"],
     *LEARNED.get("scaled", []),
     *LEARNED.get("labels", []),
+    *LEARNED.get("probseg", []),
+    *LEARNED.get("tissue_dseg", []),
     *(subject_files(f"space-{LNAME}_desc-preproc_T1w.nii.gz") if FROM_COHORT else []),
 ]
 
@@ -61,7 +78,7 @@ LEARNED_TARGETS = [
 def learned_train_inputs(w):
     if FROM_COHORT:
         return {"images": subject_files(f"space-{REF}_desc-preproc_T1w.nii.gz")}
-    return {"participants": f"{LCFG['source']}/participants.tsv"}
+    return {"participants": f"{LEARNED_CFG['source']}/participants.tsv"}
 
 
 def learned_label_inputs(w):

@@ -8,9 +8,9 @@ rule reference:
     log:
         f"{OUT}/logs/reference.log",
     conda:
-        ENV
+        ENV_ANTS
     resources:
-        **job_resources(),
+        **job_resources("preprocess"),
     params:
         step="preprocess.reference",
         reference=config["reference"],
@@ -34,10 +34,10 @@ rule preprocess:
     group:
         "subject"
     conda:
-        ENV
+        ENV_ANTS
     threads: config["threads_per_job"]
     resources:
-        **job_resources(),
+        **job_resources("preprocess"),
     params:
         step="preprocess.preprocess",
         settings=PREPROCESS_SETTINGS,
@@ -57,10 +57,10 @@ rule normalise:
     group:
         "subject"
     conda:
-        ENV
+        ENV_ANTS
     threads: config["threads_per_job"]
     resources:
-        **job_resources(),
+        **job_resources("registration"),
     params:
         step="preprocess.normalise",
         rigid_only=config["reference"] == "cohort",

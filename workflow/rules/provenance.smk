@@ -23,7 +23,9 @@ rule dataset_description:
     log:
         f"{OUT}/logs/dataset_description.log",
     conda:
-        ENV
+        ENV_REPORT
+    resources:
+        **job_resources("light"),
     params:
         step="provenance.dataset_files",
         name=TPL,
@@ -41,7 +43,9 @@ rule methods:
     log:
         f"{OUT}/logs/methods.log",
     conda:
-        ENV
+        ENV_REPORT
+    resources:
+        **job_resources("light"),
     params:
         step="provenance.methods",
         config=config,
@@ -63,7 +67,9 @@ rule methods_html:
     log:
         f"{OUT}/logs/methods_html.log",
     conda:
-        ENV
+        ENV_REPORT
+    resources:
+        **job_resources("light"),
     params:
         step="provenance.methods_html",
     script:
@@ -81,7 +87,9 @@ rule excluded_table:
     log:
         f"{OUT}/logs/excluded_table.log",
     conda:
-        ENV
+        ENV_REPORT
+    resources:
+        **job_resources("light"),
     params:
         step="provenance.excluded_table",
         excluded=IMAGES.attrs.get("excluded", {}),
@@ -97,7 +105,9 @@ rule manifest:
     log:
         f"{OUT}/logs/manifest.log",
     conda:
-        ENV
+        ENV_REPORT
+    resources:
+        **job_resources("light"),
     params:
         step="provenance.manifest",
     script:

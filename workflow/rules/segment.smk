@@ -30,10 +30,10 @@ rule segment_atlas_prepare:
     log:
         f"{OUT}/logs/segmentation/atlas-{{atlas}}_prepare.log",
     conda:
-        ENV
+        ENV_ANTS
     threads: config["threads_per_job"]
     resources:
-        **job_resources(),
+        **job_resources("registration"),
     params:
         step="segmentation.prepare_atlas",
         settings=PREPROCESS_SETTINGS,
@@ -49,7 +49,9 @@ rule segment_label_table:
     log:
         f"{OUT}/logs/segmentation/label_table.log",
     conda:
-        ENV
+        ENV_REPORT
+    resources:
+        **job_resources("light"),
     params:
         step="segmentation.write_label_table",
         tissue_classes=SEG["tissue_classes"],
@@ -69,10 +71,10 @@ rule segment_atlas_to_template:
     log:
         f"{OUT}/logs/segmentation/atlas-{{atlas}}_to-template.log",
     conda:
-        ENV
+        ENV_ANTS
     threads: config["threads_per_job"]
     resources:
-        **job_resources(),
+        **job_resources("registration"),
     params:
         step="segmentation.register_atlas",
         registration=SEG["registration"],
@@ -90,10 +92,10 @@ rule segment_atlas_to_image:
     log:
         f"{OUT}/logs/segmentation/{{img}}_atlas-{{atlas}}.log",
     conda:
-        ENV
+        ENV_ANTS
     threads: config["threads_per_job"]
     resources:
-        **job_resources(),
+        **job_resources("registration"),
     params:
         step="segmentation.register_atlas",
         registration=SEG["registration"],
@@ -111,10 +113,10 @@ rule segment_fuse:
     log:
         f"{OUT}/logs/{{subdir}}/{{img}}_segment_fuse.log",
     conda:
-        ENV
+        ENV_ANTS
     threads: config["threads_per_job"]
     resources:
-        **job_resources(),
+        **job_resources("fusion"),
     params:
         fusion=FUSION,
         step="segmentation.fuse_target",
@@ -140,9 +142,9 @@ rule segment_overlay_figure:
     log:
         f"{OUT}/logs/figures/{{img}}_segmentation.log",
     conda:
-        ENV
+        ENV_REPORT
     resources:
-        **job_resources(),
+        **job_resources("light"),
     params:
         step="segmentation.overlay_figure",
         img=lambda w: w.img,
@@ -159,9 +161,9 @@ rule segment_volumes:
     log:
         f"{OUT}/logs/{{subdir}}/{{img}}_segment_volumes.log",
     conda:
-        ENV
+        ENV_REPORT
     resources:
-        **job_resources(),
+        **job_resources("light"),
     params:
         step="segmentation.subject_volumes",
         img=lambda w: w.img,
@@ -184,9 +186,9 @@ rule segment_group:
     log:
         f"{OUT}/logs/segmentation/group.log",
     conda:
-        ENV
+        ENV_REPORT
     resources:
-        **job_resources(),
+        **job_resources("light"),
     params:
         step="segmentation.group_volumes",
         participants=IMAGES,
@@ -210,10 +212,10 @@ if SEG_ON:
         log:
             f"{OUT}/logs/segmentation/template.log",
         conda:
-            ENV
+            ENV_ANTS
         threads: config["threads_per_job"]
         resources:
-            **job_resources(),
+            **job_resources("fusion"),
         params:
             fusion=FUSION,
             step="segmentation.fuse_target",
@@ -240,10 +242,10 @@ else:
         log:
             f"{OUT}/logs/{{subdir}}/{{img}}_segment_atropos.log",
         conda:
-            ENV
+            ENV_ANTS
         threads: config["threads_per_job"]
         resources:
-            **job_resources(),
+            **job_resources("fusion"),
         params:
             step="segmentation.atropos_to_template",
         script:
@@ -265,9 +267,9 @@ else:
         log:
             f"{OUT}/logs/segmentation/template_atropos.log",
         conda:
-            ENV
+            ENV_ANTS
         resources:
-            **job_resources(),
+            **job_resources("fusion"),
         params:
             step="segmentation.atropos_template",
         script:
@@ -282,10 +284,10 @@ rule segment_evaluate:
     log:
         f"{OUT}/logs/segmentation/evaluate_{{atlas}}.log",
     conda:
-        ENV
+        ENV_REPORT
     threads: config["threads_per_job"]
     resources:
-        **job_resources(),
+        **job_resources("light"),
     params:
         fusion=FUSION,
         methods=EVAL_METHODS,
@@ -311,9 +313,9 @@ rule segment_evaluation:
     log:
         f"{OUT}/logs/segmentation/evaluation.log",
     conda:
-        ENV
+        ENV_REPORT
     resources:
-        **job_resources(),
+        **job_resources("light"),
     params:
         step="segmentation.evaluation_report",
     script:

@@ -14,9 +14,9 @@ rule template_init:
     log:
         f"{OUT}/logs/template_iter-0.log",
     conda:
-        ENV
+        ENV_ANTS
     resources:
-        **job_resources(),
+        **job_resources("template"),
     params:
         step="template.init",
         average=config["template"]["average"],
@@ -34,14 +34,17 @@ rule template_register_affine:
         f"{OUT}/logs/template_iter-{{k}}_{{img}}.log",
     wildcard_constraints:
         k=AFFINE_K,
+    group:
+        lambda w: f"register-{w.k}"
     conda:
-        ENV
+        ENV_ANTS
     threads: config["threads_per_job"]
     resources:
-        **job_resources(),
+        **job_resources("registration"),
     params:
-        step="template.register_to_template",
+        step="registration.register_to_template",
         params=lambda w: stage_params(w.k, config["template"]),
+        backend=config["template"].get("backend", "ants"),
     script:
         RUN
 
@@ -67,9 +70,9 @@ rule template_update:
     wildcard_constraints:
         k=r"[1-9]\d*",
     conda:
-        ENV
+        ENV_ANTS
     resources:
-        **job_resources(),
+        **job_resources("template"),
     params:
         step="template.update",
         iteration=lambda w: int(w.k) - 1,
@@ -103,11 +106,13 @@ rule subject_final:
         out_row=f"{WORK}/template/final/{{subdir}}/{{img}}_metrics.tsv",
     log:
         f"{OUT}/logs/{{subdir}}/{{img}}_template_final.log",
+    group:
+        "final"
     conda:
-        ENV
+        ENV_ANTS
     threads: config["threads_per_job"]
     resources:
-        **job_resources(),
+        **job_resources("registration"),
     params:
         step="template.subject_final",
         img=lambda w: w.img,
@@ -165,9 +170,9 @@ rule template_final:
     log:
         f"{OUT}/logs/template_final.log",
     conda:
-        ENV
+        ENV_ANTS
     resources:
-        **job_resources(),
+        **job_resources("template"),
     params:
         step="template.final",
         participants=IMAGES,
@@ -198,10 +203,12 @@ rule template_registration_figure:
         ),
     log:
         f"{OUT}/logs/figures/{{img}}_registration.log",
+    group:
+        "figure"
     conda:
-        ENV
+        ENV_REPORT
     resources:
-        **job_resources(),
+        **job_resources("light"),
     params:
         step="template.registration_figure",
         img=lambda w: w.img,
