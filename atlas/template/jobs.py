@@ -1,6 +1,8 @@
 """Job functions of the template rules (``workflow/rules/template.smk``): one per Snakemake
 job. Each reads its input files, calls :mod:`atlas.template.methods`,
-:mod:`atlas.registration` and :mod:`atlas.metrics`, and writes its outputs atomically."""
+:mod:`atlas.registration` and :mod:`atlas.metrics`, and writes its outputs atomically.
+The per-image registration job of each iteration is
+:func:`atlas.registration.jobs.register_to_template` (it never loads ANTs for Greedy)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from .. import io, metrics, qc
 from ..preprocess import foreground_mask
 from ..provenance import software_versions
 from ..registration import jacobian_determinant_image
-from ..registration.jobs import register_to_template  # noqa: F401  (step template.register_to_template)
 from .convergence import evaluate_convergence
 from .methods import average_images, shape_update, sharpen, template_change
 

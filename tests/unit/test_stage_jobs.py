@@ -13,6 +13,7 @@ from atlas.bids import find_t1w
 from atlas.preprocess import jobs as pjobs
 from atlas.preprocess.plan import preprocess_settings
 from atlas.registration import set_determinism
+from atlas.registration.jobs import register_to_template
 from atlas.template import jobs as tjobs
 from atlas.template.plan import check_template_config, stage, stage_params
 
@@ -154,7 +155,7 @@ def test_template_iterations_and_final_outputs(cohort):
             for i in imgs
         }
         for i, pre, aff in zip(imgs, cohort["pre"], cohort["affine"], strict=True):
-            tjobs.register_to_template(
+            register_to_template(
                 template=templates[-1],
                 image=pre,
                 initial_affine=aff,

@@ -22,7 +22,6 @@ RUN = "../scripts/run.py"
 ENV_ANTS = "../../envs/registration.yaml"  # ANTs registration, preprocessing, fusion
 ENV_TORCH = "../../envs/torch.yaml"  # learned atlases
 ENV_REPORT = "../../envs/reporting.yaml"  # tables, figures, provenance
-ENV = ENV_ANTS  # default for rules not yet assigned a family
 
 
 container: config["container"]  # --sdm apptainer: the image built from Containerfile
