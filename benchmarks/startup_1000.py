@@ -3,7 +3,7 @@
 The cohort is made of real IXI T1w images (../shared/data/ixi) downsampled to 8 mm and
 copied under new subject names (sub-S0001 ...), with ages, in /tmp. The dry run is
 timed twice: cold (no image-validation cache: every image's voxels are read) and warm
-(the cache in work_dir answers; this is what every cluster job pays when it re-parses
+(the cache in .snakemake/atlas/ answers; this is what every cluster job pays when it re-parses
 the workflow). Prints wall time, peak memory (max RSS of the Snakemake process) and
 the number of jobs planned.
 
@@ -96,7 +96,8 @@ def main(argv=None) -> None:
     bids = make_cohort(args.dir / "bids", args.n)
     print(f"cohort: {args.n} subjects in {bids} ({time.perf_counter() - t0:.0f} s)")
     work = args.dir / "work"
-    shutil.rmtree(work, ignore_errors=True)  # cold: no validation cache
+    shutil.rmtree(work, ignore_errors=True)
+    (ROOT / ".snakemake" / "atlas" / "image_validation.json").unlink(missing_ok=True)  # cold
     config = args.dir / "config.yaml"
     config.write_text(
         yaml.safe_dump(

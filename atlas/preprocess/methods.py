@@ -166,12 +166,11 @@ def preprocess_t1w(
 ) -> tuple[ants.ANTsImage, ants.ANTsImage, dict]:
     """Full preprocessing of one T1w image.
 
-    Steps: reorient (:func:`reorient`); foreground mask; brain extraction by
-    ``skull_strip`` (``auto``: brain-only inputs detected by :func:`is_brain_only` are
-    masked by their foreground, others use the head template; ``template``: N4 of the
-    whole head, then the head template; ``skip``: the foreground mask, no stripping);
-    N4 inside the brain mask (the whole-head N4 is skipped where no registration needs
-    it: a 5 % foreground threshold is not moved by the bias field);
+    Steps: reorient (:func:`reorient`); N4; foreground mask (computed once); brain
+    extraction by ``skull_strip`` (``auto``: brain-only inputs detected by
+    :func:`is_brain_only` are masked by their foreground, others use the head template;
+    ``template``: always the head template; ``skip``: the foreground mask, no
+    stripping); second N4 inside the brain mask;
     intensity normalisation; resampling to ``resolution`` mm isotropic (linear for
     the image, nearest neighbour for the mask); crop to the brain + ``margin_mm``.
 
@@ -184,7 +183,7 @@ def preprocess_t1w(
     ValueError when the head template is needed but not given, or the mask is empty.
     """
     info = {}
-    image = reorient(image.astype("float32"))
+    image = n4(reorient(image.astype("float32")))
     foreground = foreground_mask(image)
     if skull_strip == "auto":
         brain_only = is_brain_only(image, max_brain_ml, foreground)
@@ -195,7 +194,6 @@ def preprocess_t1w(
             raise ValueError(
                 "skull stripping needs config keys skull_strip_template.head and .mask"
             )
-        image = n4(image)  # the head-template registration sees bias-corrected intensities
         mask = template_brain_mask(image, head_template, head_mask, seed=seed)
     elif skull_strip == "skip":
         mask = foreground

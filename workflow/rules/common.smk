@@ -48,7 +48,9 @@ try:
             config["session"],
         ),
         config["on_bad_subject"],
-        cache=f"{WORK}/cache/image_validation.json",  # voxels read once, not per job
+        # voxels read once, not per job; in Snakemake's own folder so that a run stopped by
+        # bad input before any job leaves output_dir and work_dir untouched
+        cache=".snakemake/atlas/image_validation.json",
     )
 except InputError as exc:
     _stop(str(exc))
