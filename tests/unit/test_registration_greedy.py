@@ -54,7 +54,7 @@ def test_greedy_job_never_loads_ants_and_matches_the_ants_image_path(tmp_path, m
     monkeypatch.setenv("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     monkeypatch.setenv("ANTS_RANDOM_SEED", "3")
     kw2 = dict(kw, **{k: v.replace("job_", "ref_") for k, v in kw.items() if k.startswith("out_")})
-    run_job("template.register_to_template", **kw2)
+    run_job("registration.register_to_template", **kw2)
     np.testing.assert_array_equal(
         read_affine_ras(kw["out_affine"]), read_affine_ras(kw2["out_affine"])
     )
