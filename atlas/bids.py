@@ -63,8 +63,7 @@ def find_t1w(
         raise InputError(f"config key bids_dir: folder {bids_dir!r} does not exist")
     if not any(root.iterdir()):
         raise InputError(f"config key bids_dir: folder {root} is empty")
-    check_bids_names(root)
-    df = _t1w_table(root)
+    df = _t1w_table(root, _scan_bids_names(root))
     if participant_label:
         df = df[label_matches(df.subject, participant_label, "sub-")]
     if exclude_participant_label:
@@ -107,8 +106,15 @@ def check_bids_names(root) -> None:
     InputError naming the first offending folder or file (``repr`` of its path, so that
     spaces and control characters show) and how many more there are.
     """
+    _scan_bids_names(root)
+
+
+def _scan_bids_names(root) -> tuple[str, ...]:
+    """:func:`check_bids_names`; returns the T1w files it saw (sorted paths), which
+    identify the pybids query's answer (see :func:`_t1w_table`)."""
     root = Path(root)
     bad = []
+    seen = []
 
     def _anat_files(folder: Path, sub: str, ses: str | None) -> None:
         anat = folder / "anat"
@@ -117,6 +123,7 @@ def check_bids_names(root) -> None:
         for f in sorted(anat.iterdir()):
             if "_T1w.nii" not in f.name or f.name.startswith("."):
                 continue  # pybids ignores dot files (e.g. macOS ._ resource forks)
+            seen.append(str(f))
             m = _T1W_NAME.fullmatch(f.name)
             if m is None:
                 bad.append(
@@ -155,6 +162,7 @@ def check_bids_names(root) -> None:
     if bad:
         more = f" ({len(bad) - 1} more invalid names)" if len(bad) > 1 else ""
         raise InputError(bad[0] + more)
+    return tuple(sorted(seen))
 
 
 def _check_unique_outputs(df: pd.DataFrame) -> None:
@@ -172,9 +180,27 @@ def _check_unique_outputs(df: pd.DataFrame) -> None:
             )
 
 
-def _t1w_table(root: Path) -> pd.DataFrame:
+#: pybids answers of this process: ``{(root, T1w files, .bidsignore): table}``. Parsing the
+#: workflow asks twice (the template's selection, the longitudinal sessions); indexing
+#: 1000 subjects takes seconds.
+_T1W_TABLES: dict = {}
+
+
+def _t1w_table(root: Path, files: tuple[str, ...]) -> pd.DataFrame:
     """Every anatomical T1w image of a BIDS folder (pybids): subject, session, run,
-    acquisition and path."""
+    acquisition and path. ``files``: the T1w files of the folder's ``sub-*/[ses-*/]anat``
+    folders (:func:`_scan_bids_names`); with the folder and its ``.bidsignore`` they key
+    the in-process cache, so a dataset that changed is indexed again."""
+    ignore = root / ".bidsignore"
+    key = (str(root.resolve()), files, ignore.read_text() if ignore.is_file() else None)
+    if key not in _T1W_TABLES:
+        _T1W_TABLES.clear()  # one dataset at a time: no growth in long test sessions
+        _T1W_TABLES[key] = _query_t1w(root)
+    return _T1W_TABLES[key].copy()
+
+
+def _query_t1w(root: Path) -> pd.DataFrame:
+    """The pybids query of :func:`_t1w_table`."""
     import bids
 
     try:

@@ -1,23 +1,29 @@
 """Longitudinal route vs the naive baseline-registration route on the MICCAI 2012 rescans.
 
-The five scan-rescan subjects of ``../shared/data/miccai2012`` (two scans in one visit:
-the true change is about zero). For every manually labelled structure of at least
+**Reliability**: the scan-rescan subjects of ``../shared/data/miccai2012`` (two scans in one
+visit: the true change is about zero). For every manually labelled structure of at least
 ``--min-volume`` mm^3 and every subject, the |% volume difference| ses-2 vs ses-1 of:
 
 - ``manual``: the manual labels of each session, counted independently (cross-sectional,
   the best any per-session segmentation can do);
 - ``longitudinal``: this workflow's route: an unbiased single-subject template (SST) by the
-  template jobs (:func:`atlas.longitudinal.sst.build_sst`, the workflow's default
+  template jobs (:func:`atlas.longitudinal.sst.sst_percent_change`, the workflow's default
   ``longitudinal.sst`` iterations), ses-1 labels carried to the SST, volumes by Jacobian
   integration of SST -> session (:func:`atlas.longitudinal.change.jacobian_volumes`);
 - ``baseline``: the naive route: ses-2 registered to ses-1 (affine + SyN, the template's
   settings), volumes of ses-1's labels and their Jacobian integral through ses-1 -> ses-2.
 
-Prints the median over structures and subjects per route, and wall time and peak memory
-(max RSS of the process that ran the route) per subject. Each route runs in a fresh
-process. Usage::
+**Accuracy**: follow-ups simulated from ses-1 of the ``--simulate`` subjects
+(:func:`atlas.longitudinal.simulate.simulate_followup`: ``--structures`` shrunk by each of
+``--levels`` %, the brain by 1 %, rigid motion, noise :func:`noise_at` the resolution),
+measured by both routes: error in percentage points of the structure and the brain change.
+
+Prints the median |% difference| per route, the error table, and wall time and peak memory
+(max RSS of the fresh process that ran each step) per subject. Usage::
 
     nice -n 5 python benchmarks/longitudinal_miccai2012.py --resolution 2
+    nice -n 5 python benchmarks/longitudinal_miccai2012.py --resolution 1 \\
+        --subjects OAS10101 --simulate   # cost at 1 mm, reliability only
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "miccai2012"
 SUBJECTS = ["OAS10101", "OAS10111", "OAS10117", "OAS10379", "OAS10395"]
+#: sd of the fresh noise of a simulated 1 mm scan (fraction of the median brain intensity), a
+#: typical 1 mm T1w noise level; lower resolutions get it averaged (:func:`noise_at`).
+NOISE_1MM = 0.04
 
 
 def _config() -> dict:
@@ -117,50 +126,44 @@ def _jac_volumes(domain, affine, warp, labels, table):
     return jacobian_volumes(lj, labels, table, vol).set_index("name").volume_mm3
 
 
-def route_longitudinal(files: dict, work: Path) -> pd.Series:
-    import ants
-
-    from atlas.longitudinal.sst import build_sst
+def route_longitudinal(images, labels, work: Path, affines=None, init_images=None) -> pd.Series:
+    """% change image 1 vs image 0 of every label of ``labels`` (on image 0's grid) and of
+    ``total_brain`` through an SST of both images, the workflow's default
+    ``longitudinal.sst`` (:func:`atlas.longitudinal.sst.sst_percent_change`)."""
+    from atlas.longitudinal.sst import sst_percent_change
 
     cfg = _config()
-    out = build_sst(
-        [files[s]["pre"] for s in "12"],
+    return sst_percent_change(
+        list(images),
+        labels,
         work / "sst",
         cfg["longitudinal"],
         cfg["template"],
-        initial_affines=[files[s]["aff"] for s in "12"],
-        init_images=[files[s]["norm"] for s in "12"],
+        initial_affines=affines,
+        init_images=init_images,
     )
-    sst = ants.image_read(str(out["sst"]))
-    lab = ants.apply_transforms(
-        sst,
-        ants.image_read(str(files["1"]["dseg"])),
-        [str(out["warps"][0]), str(out["affines"][0])],
-        interpolator="genericLabel",
-    ).numpy()
-    lab = np.rint(lab).astype(int)
-    table = _table(lab)
-    v = [_jac_volumes(sst, out["affines"][i], out["warps"][i], lab, table) for i in (0, 1)]
-    return 100 * (v[1] / v[0] - 1)
 
 
-def route_baseline(files: dict, work: Path) -> pd.Series:
+def route_baseline(images, labels, work: Path) -> pd.Series:
+    """The same by the naive route: image 1 registered to image 0 (affine + SyN, the
+    template's settings), Jacobian integration of image 0 -> image 1 over image 0's labels
+    (``total_brain`` included)."""
     from atlas import io
     from atlas.registration import register
 
     cfg = _config()
-    base = io.read_image(files["1"]["pre"])
+    base = io.read_image(images[0])
     params = dict(cfg["template"]["affine"], **cfg["template"]["syn"], transform="SyN")
     aff, warp, iw = work / "b_aff.mat", work / "b_warp.nii.gz", work / "b_iw.nii.gz"
-    register(base, io.read_image(files["2"]["pre"]), params, aff, warp, iw)
-    lab = np.rint(io.read_image(files["1"]["dseg"]).numpy()).astype(int)
+    work.mkdir(parents=True, exist_ok=True)
+    register(base, io.read_image(images[1]), params, aff, warp, iw)
+    lab = np.rint(io.read_image(labels).numpy()).astype(int)
     table = _table(lab)
     v2 = _jac_volumes(base, aff, warp, lab, table)
-    v1 = pd.Series(
-        [np.count_nonzero(lab == i) * float(np.prod(base.spacing)) for i in table["index"]],
-        index=table["name"],
-    )
-    return 100 * (v2[table["name"]] / v1 - 1)
+    vox = float(np.prod(base.spacing))
+    v1 = pd.Series([np.count_nonzero(lab == i) * vox for i in table["index"]], index=table["name"])
+    v1["total_brain"] = np.count_nonzero(lab > 0) * vox
+    return 100 * (v2[v1.index] / v1 - 1)
 
 
 def _manual(files: dict, min_volume: float) -> pd.Series:
@@ -178,53 +181,168 @@ def _manual(files: dict, min_volume: float) -> pd.Series:
 
 
 def _child(route: str, subject: str, res: float, work: str, min_volume: float):
-    """One route for one subject in a fresh process: (% diffs, seconds, peak RSS MB)."""
+    """One route for one subject's rescans in a fresh process: (% diffs, seconds, peak RSS
+    MB)."""
     from atlas.registration import set_determinism
 
     set_determinism(seed=1, threads=1)
     work = Path(work)
+    start = time.perf_counter()
     files = _prepare(subject, res, work.parent)
+    pre = [files[s]["pre"] for s in "12"]
+    if route == "preprocess":  # both sessions: preprocess + normalise jobs, labels resampled
+        seconds = time.perf_counter() - start
+        return pd.Series(dtype=float), seconds, _peak_mb()
     start = time.perf_counter()
     if route == "manual":
         diff = _manual(files, min_volume)
+    elif route == "longitudinal":
+        diff = route_longitudinal(
+            pre,
+            files["1"]["dseg"],
+            work,
+            affines=[files[s]["aff"] for s in "12"],
+            init_images=[files[s]["norm"] for s in "12"],
+        )
     else:
-        fn = route_longitudinal if route == "longitudinal" else route_baseline
-        diff = fn(files, work / route)
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return diff, seconds, peak
+        diff = route_baseline(pre, files["1"]["dseg"], work)
+    return diff, time.perf_counter() - start, _peak_mb()
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--resolution", type=float, default=2.0, help="mm (2 or 1; 4 for a quick run)")
-    ap.add_argument("--subjects", nargs="*", default=SUBJECTS)
-    ap.add_argument("--min-volume", type=float, default=1000.0, help="mm^3, smallest structure")
-    args = ap.parse_args(argv)
-    rows, timing = [], []
+def _peak_mb() -> float:
+    """Peak resident memory of this process so far (MB; Linux ``ru_maxrss`` is in kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def noise_at(res: float) -> float:
+    """Fresh noise of a simulated scan at ``res`` mm: :data:`NOISE_1MM` of the median brain
+    intensity at 1 mm, averaged over ``res^3`` voxels (sd / res^1.5)."""
+    return NOISE_1MM * res**-1.5
+
+
+def _child_simulated(route, subject, res, work, structure, pct, seed):
+    """One route on a simulated follow-up of ``subject`` ses-1 (a fresh process): errors
+    (pp) of the structure and brain change, seconds, peak RSS MB."""
+    import ants
+
+    from atlas.longitudinal.simulate import simulate_followup
+    from atlas.registration import set_determinism
+
+    set_determinism(seed=1, threads=1)
+    work = Path(work)
+    files = _prepare(subject, res, work.parent.parent)
+    sim = simulate_followup(
+        ants.image_read(str(files["1"]["pre"])),
+        ants.image_read(str(files["1"]["dseg"])),
+        structure,
+        pct,
+        noise=noise_at(res),
+        seed=seed,
+    )
+    work.mkdir(parents=True, exist_ok=True)
+    paths = [work / "baseline.nii.gz", work / "followup.nii.gz", work / "labels.nii.gz"]
+    for img, path in zip((sim.baseline, sim.followup, sim.labels), paths, strict=True):
+        ants.image_write(img, str(path))
+    start = time.perf_counter()
+    if route == "longitudinal":
+        diff = route_longitudinal(paths[:2], paths[2], work)
+    else:
+        diff = route_baseline(paths[:2], paths[2], work)
+    seconds, peak = time.perf_counter() - start, _peak_mb()
+    errors = (
+        diff[str(structure)] - sim.true_structure_pct,
+        diff["total_brain"] - sim.true_brain_pct,
+    )
+    return errors, seconds, peak
+
+
+def _spawn(fn, *args):
+    """``fn(*args)`` in a fresh process (its own peak RSS)."""
     ctx = mp.get_context("spawn")
-    with tempfile.TemporaryDirectory(prefix="atlas-longbench-") as tmp:
-        for subject in args.subjects:
-            for route in ("manual", "longitudinal", "baseline"):
-                work = Path(tmp) / subject / route
-                (work / route).mkdir(parents=True, exist_ok=True)
-                with cf.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-                    diff, sec, peak = pool.submit(
-                        _child, route, subject, args.resolution, str(work), args.min_volume
-                    ).result()
-                rows += [(subject, route, n, d) for n, d in diff.items()]
-                timing.append((subject, route, sec, peak))
+    with cf.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def reliability(subjects, res, tmp, min_volume):
+    """Scan-rescan |% difference| per route and the cost of each route per subject."""
+    rows, timing = [], []
+    for subject in subjects:
+        for route in ("preprocess", "manual", "longitudinal", "baseline"):
+            work = Path(tmp) / subject / route
+            work.mkdir(parents=True, exist_ok=True)
+            diff, sec, peak = _spawn(_child, route, subject, res, str(work), min_volume)
+            rows += [(subject, route, n, d) for n, d in diff.items()]
+            timing.append((subject, route, sec, peak))
+            print(f"  {subject} {route}: {sec:.0f} s, peak {peak:.0f} MB", flush=True)
     df = pd.DataFrame(rows, columns=["subject", "route", "label", "pct_diff"])
     # structures large enough in the manual labels of both sessions
     man = df[df.route == "manual"]
     df = df.merge(man[["subject", "label"]], on=["subject", "label"])
     df["abs_pct_diff"] = df.pct_diff.abs()
-    print(f"resolution {args.resolution:g} mm, subjects {', '.join(args.subjects)}")
-    print("median |% volume difference| ses-2 vs ses-1 over structures and subjects:")
-    print(df.groupby("route").abs_pct_diff.median().round(3).to_string())
-    print("\nwall time (s) and peak memory (MB) per subject (route alone; preprocessing excluded):")
-    t = pd.DataFrame(timing, columns=["subject", "route", "seconds", "peak_mb"])
-    print(t.pivot(index="subject", columns="route", values=["seconds", "peak_mb"]).round(0))
+    return df, pd.DataFrame(timing, columns=["subject", "route", "seconds", "peak_mb"])
+
+
+def accuracy(subjects, res, tmp, structures, levels, seed):
+    """Error (pp) of the simulated structure and brain change per route."""
+    rows = []
+    for subject in subjects:
+        for structure in structures:
+            for pct in levels:
+                for route in ("longitudinal", "baseline"):
+                    work = Path(tmp) / subject / "sim" / f"{structure}_{pct:g}_{route}"
+                    (err_s, err_b), sec, peak = _spawn(
+                        _child_simulated, route, subject, res, str(work), structure, pct, seed
+                    )
+                    rows.append((subject, structure, pct, route, err_s, err_b, sec, peak))
+                    print(
+                        f"  {subject} label {structure} {pct:g} % {route}: error "
+                        f"{err_s:+.2f} pp (brain {err_b:+.2f} pp), {sec:.0f} s",
+                        flush=True,
+                    )
+    cols = ["subject", "label", "pct", "route", "error_pp", "brain_error_pp", "seconds", "peak_mb"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--resolution", type=float, default=2.0, help="mm (2 or 1; 4 for a quick run)")
+    ap.add_argument("--subjects", nargs="*", default=SUBJECTS, help="rescan subjects")
+    ap.add_argument("--min-volume", type=float, default=1000.0, help="mm^3, smallest structure")
+    ap.add_argument(
+        "--simulate",
+        nargs="*",
+        default=SUBJECTS[:2],
+        help="subjects whose ses-1 gets simulated follow-ups (none: skip the accuracy part)",
+    )
+    ap.add_argument("--structures", nargs="*", type=int, default=[48, 37], help="label ids shrunk")
+    ap.add_argument("--levels", nargs="*", type=float, default=[1.0, 2.0, 5.0], help="% shrink")
+    ap.add_argument("--seed", type=int, default=1, help="noise seed of the simulation")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="atlas-longbench-") as tmp:
+        print(f"resolution {args.resolution:g} mm")
+        if args.subjects:
+            df, t = reliability(args.subjects, args.resolution, tmp, args.min_volume)
+            print(f"\nrescan subjects {', '.join(args.subjects)}")
+            print("median |% volume difference| ses-2 vs ses-1 over structures and subjects:")
+            print(df.groupby("route").abs_pct_diff.median().round(3).to_string())
+            print("\nwall time (s) and peak memory (MB) per subject: each step in a fresh process,")
+            print("its max RSS; preprocess = both sessions' preprocess + normalise jobs")
+            wide = t.pivot(index="subject", columns="route", values=["seconds", "peak_mb"])
+            print(wide.round(0).to_string())
+        if args.simulate:
+            acc = accuracy(
+                args.simulate, args.resolution, tmp, args.structures, args.levels, args.seed
+            )
+            print(f"\nsimulated change (noise {100 * noise_at(args.resolution):.2f} % of the")
+            print("median brain intensity, brain shrink 1 %): error in percentage points")
+            errors = acc.pivot_table(
+                index=["subject", "label", "pct"], columns="route", values="error_pp"
+            )
+            print(errors.round(2).to_string())
+            print("brain 1 % error (pp), median |error| per route:")
+            print(acc.groupby("route").brain_error_pp.apply(lambda e: e.abs().median()).round(2))
+            print("max |error| (pp) per route:")
+            print(acc.groupby("route").error_pp.apply(lambda e: e.abs().max()).round(2))
 
 
 if __name__ == "__main__":

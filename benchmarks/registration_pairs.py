@@ -43,6 +43,11 @@ SETTINGS = {
     "greedy-40x20x0": ("greedy", {"iterations": [40, 20, 0], "svf": False}),
     "greedy-100x50x10": ("greedy", {"iterations": [100, 50, 10], "svf": False}),
     "greedy-100x60x30": ("greedy", {"iterations": [100, 60, 30], "svf": False}),
+    # affine schedule without its finest level (the deformable stage then refines)
+    "greedy-aff100x50x0-100x50x10": (
+        "greedy",
+        {"iterations": [100, 50, 10], "affine_iterations": [100, 50, 0], "svf": False},
+    ),
 }
 
 
@@ -92,11 +97,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from atlas.registration import set_determinism
-    from atlas.template.plan import stage_params
+    from atlas.template.plan import last_iteration, stage_params
 
     set_determinism(1, 1)  # one thread, as one workflow job per core
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["template"]
-    base = stage_params(cfg["affine_iterations"], cfg)  # the first SyN iteration's settings
+    base = stage_params(last_iteration(cfg), cfg)  # the last SyN iteration's (full schedule)
     parts = pd.read_csv(DATA / "participants.tsv", sep="\t")
     train = parts.loc[parts.challenge_split == "train", "participant_id"].tolist()
     rows = []

@@ -4,10 +4,16 @@ The cohort is made of real IXI T1w images (../shared/data/ixi) downsampled to 8 
 copied under new subject names (sub-S0001 ...), with ages, in /tmp. The dry run is
 timed twice: cold (no image-validation cache: every image's voxels are read) and warm
 (the cache in .snakemake/atlas/ answers; this is what every cluster job pays when it re-parses
-the workflow). Prints wall time, peak memory (max RSS of the Snakemake process) and
-the number of jobs planned.
+the workflow). Prints wall and CPU time, peak memory (max RSS of the Snakemake process),
+the number of jobs planned and the load average before each run (the machine is shared:
+CPU seconds are the figure to compare). ``--slurm`` also times the dry run of the SLURM
+profile, which groups the per-image jobs (``groups:`` in config/profiles/slurm): Snakemake
+checks every group against the whole DAG, minutes at this size, paid once per run by the
+submit host (local runs and a plain ``snakemake -n`` have no groups). ``--floor`` also
+times Snakemake alone on the same DAG shape (benchmarks/startup_floor.smk: the same jobs,
+O(1) input functions, no BIDS query, no validation), the floor of ``snakemake -n``.
 
-    python benchmarks/startup_1000.py [--n 1000] [--dir /tmp/atlas_startup]
+    python benchmarks/startup_1000.py [--n 1000] [--dir /tmp/atlas_startup] [--slurm] [--floor]
 
 Targets (issue 14): warm < 30 s and < 2 GB; cold < 5 min.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -66,6 +73,7 @@ def dry_run(config: Path, args=("-n",)) -> dict:
     """One `snakemake -n` under /usr/bin/time: wall and CPU (user + system) seconds, peak
     RSS, jobs planned. CPU seconds are what the run costs on a machine of its own."""
     rss = config.parent / "maxrss_kb"
+    load = os.getloadavg()[0]
     cmd = ["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss), sys.executable, "-m", "snakemake"]
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -84,6 +92,7 @@ def dry_run(config: Path, args=("-n",)) -> dict:
         "cpu_s": round(float(user) + float(system), 1),
         "peak_mb": round(int(peak_kb) / 1024),
         "jobs": int(total.group(1)) if total else None,
+        "load": round(load, 1),
     }
 
 
@@ -91,6 +100,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/atlas_startup"))
+    ap.add_argument("--slurm", action="store_true", help="also the SLURM profile's dry run")
+    ap.add_argument("--floor", action="store_true", help="also Snakemake alone, same DAG")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     bids = make_cohort(args.dir / "bids", args.n)
@@ -110,10 +121,19 @@ def main(argv=None) -> None:
     # query + validation, from the cache) without planning the whole cohort
     parse = dry_run(config, ("--list-rules",))
     runs = {"snakemake -n cold": cold, "snakemake -n warm": warm, "parse only, warm": parse}
+    if args.floor:
+        runs["Snakemake alone, same DAG (startup_floor.smk)"] = dry_run(
+            config, ("-n", "-s", "benchmarks/startup_floor.smk")
+        )
+    if args.slurm:
+        runs["snakemake -n --profile config/profiles/slurm, warm"] = dry_run(
+            config, ("-n", "--profile", "config/profiles/slurm")
+        )
     for name, r in runs.items():
         print(
             f"{name}: {r['wall_s']} s wall, {r['cpu_s']} s CPU, "
-            f"peak RSS {r['peak_mb']} MB, {r['jobs'] or '-'} jobs planned"
+            f"peak RSS {r['peak_mb']} MB, {r['jobs'] or '-'} jobs planned "
+            f"(load average {r['load']} before)"
         )
 
 

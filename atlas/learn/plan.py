@@ -176,8 +176,8 @@ def train_resources(lcfg: dict, resources: dict) -> dict:
 
 def iterative_registration_params(tcfg: dict) -> dict:
     """Settings of the ANTs affine + SyN registration to the iterative template in the
-    evaluation: those of the template's SyN iterations (one source,
+    evaluation: those of the template's last SyN iteration, the full schedule (one source,
     :func:`atlas.template.plan.stage_params`)."""
-    from ..template.plan import stage_params
+    from ..template.plan import last_iteration, stage_params
 
-    return stage_params(tcfg["affine_iterations"], tcfg)
+    return stage_params(last_iteration(tcfg), tcfg)

@@ -6,5 +6,6 @@ Modules: :mod:`.sessions` (ages per session from BIDS tables), :mod:`.plan` (con
 which subjects are longitudinal, SST iteration settings), :mod:`.change` (volumes, Jacobian
 integration, change and annualised change), :mod:`.models` (statsmodels ``mixedlm``),
 :mod:`.jobs` (job functions of ``workflow/rules/longitudinal.smk``), :mod:`.sst` (the same SST
-jobs chained in one process, for tests and benchmarks).
+jobs chained in one process and the % change through it, for tests and benchmarks),
+:mod:`.simulate` (follow-ups with a known shrink, for the accuracy test and benchmark).
 """

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from ..registration.jobs import register_to_template
 from ..template import jobs as tjobs
 from .plan import n_sst_iterations, sst_params, sst_stage
@@ -86,3 +89,43 @@ def build_sst(
         "warps": [it(last, f"{i}_warp.nii.gz") for i in range(n)],
         "inverse_warps": [it(last, f"{i}_iw.nii.gz") for i in range(n)],
     }
+
+
+def sst_percent_change(
+    images, labels, workdir, lcfg: dict, tcfg: dict, labelled: int = 0, **kwargs
+) -> pd.Series:
+    """% volume change from ``images[0]`` to ``images[1]`` of every structure, through an SST.
+
+    The SST of the two images (:func:`build_sst`; ``kwargs``: its ``initial_affines`` and
+    ``init_images``), the labels of image ``labelled`` (``labels``: a label image on its
+    grid) carried to the SST (nearest label, through that image's last-iteration
+    transforms), and each image's volumes by Jacobian integration of SST -> image over them
+    (:func:`atlas.longitudinal.change.jacobian_volumes`, as the workflow's session job).
+
+    Returns
+    -------
+    Series indexed by label id (as a string) and ``total_brain``: ``100 (V1 / V0 - 1)``.
+    """
+    import ants
+
+    from ..registration import jacobian_determinant_image, read_affine_ras
+    from .change import jacobian_volumes, log_jacobian
+
+    out = build_sst(images, workdir, lcfg, tcfg, **kwargs)
+    sst = ants.image_read(str(out["sst"]))
+    lab = ants.apply_transforms(
+        sst,
+        ants.image_read(str(labels)),
+        [str(out["warps"][labelled]), str(out["affines"][labelled])],
+        interpolator="genericLabel",
+    ).numpy()
+    lab = np.rint(lab).astype(np.int64)
+    ids = np.unique(lab[lab > 0])
+    table = pd.DataFrame({"index": ids, "name": [str(i) for i in ids]})
+    vols = []
+    for affine, warp in zip(out["affines"], out["warps"], strict=True):
+        det = jacobian_determinant_image(sst, warp).numpy()
+        lj = log_jacobian(det, read_affine_ras(affine)[:3, :3])
+        v = jacobian_volumes(lj, lab, table, float(np.prod(sst.spacing)))
+        vols.append(v.set_index("name").volume_mm3.astype(float))
+    return 100 * (vols[1] / vols[0] - 1)

@@ -5,19 +5,29 @@
 - :mod:`~atlas.preprocess.reference`: the reference template, its ``space-`` label and grid;
 - :mod:`~atlas.preprocess.plan`: the preprocessing settings from the config (one source);
 - :mod:`~atlas.preprocess.jobs`: the job functions of ``workflow/rules/preprocess.smk``.
+
+Names are imported lazily, so ``atlas.preprocess.plan`` and ``.reference`` are usable at
+parse time without ANTs.
 """
 
-from .methods import (
-    crop_to_mask,
-    foreground_mask,
-    is_brain_only,
-    n4,
-    normalise_intensity,
-    preprocess_t1w,
-    reorient,
-    template_brain_mask,
-)
-from .reference import MNI_ID, mni152_path, reference_grid, reference_space
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "crop_to_mask": "methods",
+    "foreground_mask": "methods",
+    "is_brain_only": "methods",
+    "n4": "methods",
+    "normalise_intensity": "methods",
+    "preprocess_t1w": "methods",
+    "reorient": "methods",
+    "template_brain_mask": "methods",
+    "MNI_ID": "reference",
+    "mni152_path": "reference",
+    "reference_grid": "reference",
+    "reference_space": "reference",
+}
 
 __all__ = [
     "MNI_ID",
@@ -33,3 +43,9 @@ __all__ = [
     "reorient",
     "template_brain_mask",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'atlas.preprocess' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

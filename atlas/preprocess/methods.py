@@ -13,8 +13,8 @@ from pathlib import Path
 
 import ants
 import numpy as np
-from scipy import ndimage
 
+from ..metrics import foreground
 from ..registration import register_preset
 
 log = logging.getLogger(__name__)
@@ -30,24 +30,8 @@ def reorient(image: ants.ANTsImage) -> ants.ANTsImage:
 
 
 def foreground_mask(image: ants.ANTsImage, fraction: float = 0.05) -> ants.ANTsImage:
-    """Foreground: voxels above ``fraction`` of the 99.5th percentile, the largest
-    connected component (face connectivity) kept, holes filled. Shape and grid of
-    ``image``; values 0/1.
-
-    scipy.ndimage labelling and hole filling: the same mask as ANTs ``iMath``
-    ``GetLargestComponent`` + ``FillHoles`` on every brain-only image tried (MICCAI 2012,
-    infant; 0.02 % of voxels differ on IXI heads) at a 13th of the time (0.5 s vs 6 s for
-    a 1 mm brain).
-    """
-    arr = image.numpy()
-    mask = arr > fraction * np.percentile(arr, 99.5)
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        mask = labels == sizes.argmax()
-    mask = ndimage.binary_fill_holes(mask)
-    return image.new_image_like(mask.astype("float32"))
+    """:func:`atlas.metrics.foreground` of ``image`` as an image on its grid (values 0/1)."""
+    return image.new_image_like(foreground(image.numpy(), fraction).astype("float32"))
 
 
 def is_brain_only(image: ants.ANTsImage, max_brain_ml: float = 2500.0, mask=None) -> bool:

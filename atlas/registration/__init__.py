@@ -11,7 +11,8 @@ Backends (:data:`BACKENDS`) are modules with the same functions:
 - ``register(fixed, moving, params, affine_out, warp_out=None, inverse_warp_out=None,
   initial_transform=None) -> warped image``: one config stage (``params["transform"]`` in
   Rigid / Affine / SyN), transforms written as ANTs files (``.mat`` affine, ``.nii.gz``
-  displacement fields in mm, LPS components);
+  displacement fields in mm, LPS components; the inverse field only when
+  ``inverse_warp_out`` is given, :func:`check_stage`);
 - ``register_preset(fixed, moving, outprefix, ...) -> Registration``: a named preset
   returning forward and inverse :class:`TransformChain`.
 
@@ -58,14 +59,18 @@ def check_stage(params: dict, warp_out, inverse_warp_out) -> str:
 
     Raises
     ------
-    ValueError for a transform other than Rigid / Affine / SyN, or a SyN stage
-    without both warp output paths.
+    ValueError for a transform other than Rigid / Affine / SyN, a SyN stage without
+    ``warp_out``, or an ``inverse_warp_out`` without a SyN stage. A SyN stage without
+    ``inverse_warp_out`` computes no inverse (the template's iterations before the last
+    need only the forward warps; Greedy's inverse costs as much as its finest level).
     """
     transform = params["transform"]
     if transform not in ("Rigid", "Affine", "SyN"):
         raise ValueError(f"unknown transform {transform!r} (Rigid, Affine or SyN)")
-    if transform == "SyN" and (warp_out is None or inverse_warp_out is None):
-        raise ValueError("a SyN stage needs warp_out and inverse_warp_out")
+    if transform == "SyN" and warp_out is None:
+        raise ValueError("a SyN stage needs warp_out")
+    if transform != "SyN" and (warp_out is not None or inverse_warp_out is not None):
+        raise ValueError(f"a {transform} stage writes no warp")
     return transform
 
 

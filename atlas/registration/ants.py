@@ -66,7 +66,8 @@ def register(
         (antspyx's ``"SyN"`` preset would re-run a fixed 2100x1200x1200 affine schedule).
     affine_out : path of the forward affine (``.mat``; any initial transform collapsed in).
     warp_out, inverse_warp_out : paths of the forward / inverse displacement fields
-        (``.nii.gz``, mm in LPS physical components), required for SyN.
+        (``.nii.gz``, mm in LPS physical components); ``warp_out`` is required for SyN,
+        the inverse is written only when given.
     initial_transform : path of an affine to start from; None starts from the
         centre-of-mass alignment.
 
@@ -76,7 +77,8 @@ def register(
 
     Raises
     ------
-    ValueError for an unknown transform or a SyN stage without warp paths.
+    ValueError for an unknown transform or a SyN stage without ``warp_out``
+    (:func:`atlas.registration.check_stage`).
     """
     transform = check_stage(params, warp_out, inverse_warp_out)
     kw = registration_kwargs(params)
@@ -102,7 +104,9 @@ def register(
         fwd = out["fwdtransforms"]
         targets = [(fwd[-1], affine_out)]
         if transform == "SyN":
-            targets += [(fwd[0], warp_out), (out["invtransforms"][-1], inverse_warp_out)]
+            targets.append((fwd[0], warp_out))
+        if inverse_warp_out is not None:
+            targets.append((out["invtransforms"][-1], inverse_warp_out))
         for src, dst in targets:
             with atomic_path(dst) as tmp:
                 shutil.copyfile(src, tmp)

@@ -19,40 +19,50 @@ Registration and transform chains are :mod:`atlas.registration`; the figures are
 :mod:`atlas.qc`. Conventions: label maps (``dseg``) are integer arrays with 0 as background;
 probabilistic segmentations (``probseg``) are fractions in [0, 1]; numpy arrays keep the axis
 order of the ANTs image they came from; ``spacing`` is the voxel size in mm per axis.
+
+Names are imported lazily, so ``atlas.segmentation.plan`` is usable at parse time
+without ANTs.
 """
 
-from .evaluation import evaluate_segmentation, evaluation_summary, leave_one_out
-from .fusion import (
-    FUSION_METHODS,
-    fuse,
-    joint_label_fusion,
-    local_correlation,
-    majority_vote,
-    staple,
-    weighted_vote,
-)
-from .labels import (
-    TISSUE_CLASSES,
-    apply_tissue_classes,
-    as_labels,
-    check_same_grid,
-    read_label_table,
-    tissue_channel,
-    validate_atlas,
-)
-from .propagation import (
-    LABEL_INTERPOLATIONS,
-    Atlas,
-    PropagatedAtlases,
-    RegistrationQCError,
-    SegmentationResult,
-    propagate,
-    propagate_atlases,
-    radius_voxels,
-    segment_target,
-)
-from .tissue import atropos_tissue, average_posteriors, tissue_probseg
-from .volumes import brain_volume, image_volumes, structure_volumes, volumes_wide
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "evaluate_segmentation": "evaluation",
+    "evaluation_summary": "evaluation",
+    "leave_one_out": "evaluation",
+    "FUSION_METHODS": "fusion",
+    "fuse": "fusion",
+    "joint_label_fusion": "fusion",
+    "local_correlation": "fusion",
+    "majority_vote": "fusion",
+    "staple": "fusion",
+    "weighted_vote": "fusion",
+    "TISSUE_CLASSES": "labels",
+    "apply_tissue_classes": "labels",
+    "as_labels": "labels",
+    "check_same_grid": "labels",
+    "read_label_table": "labels",
+    "tissue_channel": "labels",
+    "validate_atlas": "labels",
+    "LABEL_INTERPOLATIONS": "propagation",
+    "Atlas": "propagation",
+    "PropagatedAtlases": "propagation",
+    "RegistrationQCError": "propagation",
+    "SegmentationResult": "propagation",
+    "propagate": "propagation",
+    "propagate_atlases": "propagation",
+    "radius_voxels": "propagation",
+    "segment_target": "propagation",
+    "atropos_tissue": "tissue",
+    "average_posteriors": "tissue",
+    "tissue_probseg": "tissue",
+    "brain_volume": "volumes",
+    "image_volumes": "volumes",
+    "structure_volumes": "volumes",
+    "volumes_wide": "volumes",
+}
 
 __all__ = [
     "FUSION_METHODS",
@@ -89,3 +99,9 @@ __all__ = [
     "volumes_wide",
     "weighted_vote",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'atlas.segmentation' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

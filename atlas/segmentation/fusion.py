@@ -15,7 +15,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import ants
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
@@ -234,6 +233,8 @@ def joint_label_fusion(
     if atlas_labels.shape[0] < 2:
         raise ValueError("joint label fusion needs at least two atlases")
     mask = _fusion_mask(atlas_labels, mask)
+    import ants  # here, not at the top: the plan (parse time) imports this module
+
     to_ants = ants.from_numpy
     with tempfile.TemporaryDirectory(prefix="atlas-") as tmp:
         result = ants.joint_label_fusion(

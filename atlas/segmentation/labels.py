@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import ants
 import numpy as np
 import pandas as pd
 
@@ -19,7 +19,10 @@ TISSUE_CLASSES = ("CSF", "GM", "WM")
 
 _NO_CLASS = {"", "n/a", "na", "none"}
 
-ImageLike = str | os.PathLike | ants.ANTsImage
+if TYPE_CHECKING:  # ANTs is imported where it is used: the workflow's parse needs none
+    import ants
+
+    ImageLike = str | os.PathLike | ants.ANTsImage
 
 
 def read_label_table(path: str | os.PathLike) -> pd.DataFrame:
@@ -110,6 +113,8 @@ def as_labels(image: ants.ANTsImage) -> np.ndarray:
 
 def _read(image: ImageLike) -> tuple[ants.ANTsImage, str]:
     """Return the image and a name for error messages (its path, if it was read from one)."""
+    import ants
+
     if isinstance(image, ants.ANTsImage):
         return image, "<in-memory image>"
     return ants.image_read(str(image)), str(image)

@@ -2,30 +2,49 @@
 job. Each reads its input files, calls :mod:`atlas.template.methods`,
 :mod:`atlas.registration` and :mod:`atlas.metrics`, and writes its outputs atomically.
 The per-image registration job of each iteration is
-:func:`atlas.registration.jobs.register_to_template` (it never loads ANTs for Greedy)."""
+:func:`atlas.registration.jobs.register_to_template` (it never loads ANTs for Greedy).
+
+ANTs, the preprocessing package and the figures (matplotlib) are imported by the jobs that
+use them: the join jobs of the iterations (:func:`init`, :func:`update`) are on the
+critical path of every template and load neither (2.5 CPU s of ``import ants`` each)."""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-import ants
 import numpy as np
 import pandas as pd
 
-from .. import io, metrics, qc
-from ..preprocess import foreground_mask
+from .. import io, metrics
 from ..provenance import software_versions
 from ..registration import jacobian_determinant_image
 from .convergence import evaluate_convergence
-from .methods import average_images, shape_update, sharpen, template_change
+from .methods import average_images, shape_update, sharpen, template_change, voxels
+
+if TYPE_CHECKING:
+    import ants
 
 log = logging.getLogger(__name__)
 
 
+def _read(path, vector: bool = False):
+    import SimpleITK as sitk
+
+    return sitk.ReadImage(str(path), sitk.sitkVectorFloat64 if vector else sitk.sitkFloat32)
+
+
+def _write(image, path) -> None:
+    import SimpleITK as sitk
+
+    with io.atomic_path(path) as tmp:
+        sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat32), str(tmp))
+
+
 def init(*, images, out_template, average):
     """template_0: average of the affinely normalised images (``average``: mean, median,
-    normalized_mean; :func:`atlas.template.average_images`)."""
-    io.write_image(average_images([io.read_image(p) for p in images], average), out_template)
+    normalized_mean; :func:`atlas.template.methods.average_images`)."""
+    _write(average_images([_read(p) for p in images], average), out_template)
 
 
 def update(
@@ -45,14 +64,17 @@ def update(
     """Average, shape update and sharpening of iteration k, plus its convergence row.
 
     Measures are taken inside the foreground of template_k: the template takes the
-    cohort's mean size, so the reference's brain mask no longer fits it.
+    cohort's mean size, so the reference's brain mask no longer fits it. SimpleITK
+    throughout (:mod:`atlas.template.methods`): the join job of every iteration, on the
+    critical path, does not load ANTs.
     """
-    old = io.read_image(template)
-    fg = foreground_mask(old)
-    m = fg.numpy() > 0
-    images = [io.read_image(p) for p in warped]
+    old = _read(template)
+    old_arr = voxels(old)
+    m = metrics.foreground(old_arr)
+    images = [_read(p) for p in warped]
     avg = average_images(images, average)
-    new, magnitude = shape_update(avg, affines, warps or None, gradient_step)
+    fields = [_read(p, vector=True) for p in warps] if warps else None
+    new, magnitude = shape_update(avg, affines, fields, gradient_step)
     if do_sharpen:
         new = sharpen(new)
     row = {
@@ -60,11 +82,11 @@ def update(
         "stage": stage,
         "mean_warp_mm": float(magnitude[m].mean()) if magnitude is not None else np.nan,
         "max_warp_mm": float(magnitude[m].max()) if magnitude is not None else np.nan,
-        "template_change": template_change(new, old, fg),
-        "mean_ncc": float(np.mean([metrics.ncc(im.numpy(), old.numpy(), m) for im in images])),
+        "template_change": template_change(new, old, m),
+        "mean_ncc": float(np.mean([metrics.ncc(voxels(im), old_arr, m) for im in images])),
     }
     table = pd.DataFrame([row])
-    io.write_all([(io.write_image, new, out_template), (io.write_tsv, table, out_row)])
+    io.write_all([(_write, new, out_template), (io.write_tsv, table, out_row)])
 
 
 def subject_final(
@@ -85,8 +107,10 @@ def subject_final(
 ):
     """Copy one subject's final transforms under BIDS names, resample its image and brain
     mask into the template and measure the registration inside the template foreground."""
+    import ants
+
     tpl = io.read_image(template)
-    m = foreground_mask(tpl).numpy() > 0
+    m = metrics.foreground(tpl.numpy())
     transforms = [str(warp), str(affine)]
     moved = ants.apply_transforms(tpl, io.read_image(image), transforms)
     moved_mask = ants.apply_transforms(
@@ -117,6 +141,8 @@ def registration_figure(*, image, template, out_figure, img):
     """Registration view of one image (``img``, its id, as the title): ``image`` (the
     image resampled into the final template) with the edges of ``template`` drawn over it
     (:func:`atlas.qc.registration_overlay`, nilearn), written to ``out_figure`` (PNG)."""
+    from .. import qc
+
     qc.registration_overlay(image, template, out_figure, title=img)
 
 
@@ -201,6 +227,8 @@ def final(
             (io.write_json, desc, out_description),
         ]
     )
+    from .. import qc
+
     vols = [io.read_image(p).numpy() for p in templates]
     qc.mosaic(vols, [f"iteration {k}" for k in range(len(vols))], out_fig_mosaic)
     qc.convergence_plot(conv, out_fig_convergence, verdict)

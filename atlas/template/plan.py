@@ -26,12 +26,39 @@ def stage(k: int, n_affine: int) -> str:
     return "affine" if int(k) < int(n_affine) else "syn"
 
 
+def last_iteration(tcfg: dict) -> int:
+    """Index of the last registration iteration (``affine_iterations + syn_iterations - 1``):
+    the only one whose inverse warps are kept (the final transforms)."""
+    return int(tcfg["affine_iterations"]) + int(tcfg["syn_iterations"]) - 1
+
+
+def coarse_schedule(iterations) -> list[int]:
+    """A multi-resolution schedule without its finest level: the last entry set to 0
+    (``[100, 50, 10]`` -> ``[100, 50, 0]``; ``[40, 20, 0]`` is unchanged)."""
+    return [int(n) for n in iterations[:-1]] + [0]
+
+
 def stage_params(k: int, tcfg: dict) -> dict:
     """Registration settings of iteration ``k`` for :func:`atlas.registration.register`:
     ``template.affine`` with ``transform="Affine"``, or ``template.affine`` updated by
     ``template.syn`` with ``transform="SyN"``; plus ``greedy`` = ``template.greedy`` (read by
-    the greedy backend only, :mod:`atlas.registration.greedy`)."""
+    the greedy backend only, :mod:`atlas.registration.greedy`).
+
+    With ``template.coarse_to_fine`` (default true), SyN iterations before the last skip
+    the finest level of their schedule (:func:`coarse_schedule` of ``template.syn.iterations``
+    and ``template.greedy.iterations``): early iterations only move the template towards the
+    population centre, which the coarse levels do; the last iteration, whose transforms
+    are the final ones, runs the full schedule. A cost-saving of the multi-resolution
+    template construction of ``antsMultivariateTemplateConstruction2.sh`` practice
+    (Avants et al. 2010), measured in ``benchmarks/template_ixi.py``.
+    """
+    from ..registration.greedy import DEFAULTS
+
     greedy = dict(tcfg.get("greedy") or {})
     if stage(k, tcfg["affine_iterations"]) == "affine":
         return dict(tcfg["affine"], transform="Affine", greedy=greedy)
-    return dict(tcfg["affine"], **tcfg["syn"], transform="SyN", greedy=greedy)
+    params = dict(tcfg["affine"], **tcfg["syn"], transform="SyN", greedy=greedy)
+    if tcfg.get("coarse_to_fine", True) and int(k) < last_iteration(tcfg):
+        params["iterations"] = coarse_schedule(params["iterations"])
+        greedy["iterations"] = coarse_schedule(greedy.get("iterations", DEFAULTS["iterations"]))
+    return params

@@ -143,3 +143,20 @@ def test_valid_names_and_dot_files_pass(root):
     (root / "sub-01" / "ses-pre" / "anat" / "._sub-01_ses-pre_T1w.nii.gz").write_bytes(b"")
     (root / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tage\nses-pre\t30\n")
     assert find_t1w(root).img.tolist() == ["sub-01_ses-pre"]
+
+
+def test_one_pybids_index_per_dataset_state(root, monkeypatch):
+    """Parsing asks twice (template selection, longitudinal sessions): pybids indexes once,
+    and again only when the dataset's T1w files change."""
+    import atlas.bids
+
+    calls = []
+    query = atlas.bids._query_t1w
+    monkeypatch.setattr(atlas.bids, "_query_t1w", lambda r: calls.append(r) or query(r))
+    _t1w(root, "sub-01_ses-1_T1w.nii.gz", "sub-01/ses-1")
+    assert find_t1w(root).img.tolist() == ["sub-01_ses-1"]
+    find_t1w(root, session="all")
+    assert len(calls) == 1
+    _t1w(root, "sub-01_ses-2_T1w.nii.gz", "sub-01/ses-2")
+    assert find_t1w(root, session="all").img.tolist() == ["sub-01_ses-1", "sub-01_ses-2"]
+    assert len(calls) == 2

@@ -36,6 +36,7 @@ HYPER = {
 }
 TEMPLATE = {
     "affine_iterations": 1,
+    "syn_iterations": 1,
     "affine": {
         "affine_metric": "mattes",
         "affine_metric_param": 16,

@@ -250,3 +250,23 @@ def test_sst_syn_settings_override_the_template():
     lcfg = {"sst": {"affine_iterations": 1, "syn_iterations": 1, "syn": {"iterations": [1, 2, 3]}}}
     p = sst_params(1, lcfg, tcfg)
     assert p["iterations"] == [1, 2, 3] and p["metric"] == "CC"
+
+
+def test_simulated_shrink_has_the_stated_jacobian():
+    """The simulation's displacement has Jacobian ``(1 - p)^-1`` inside the structure's
+    ball (the follow-up structure is ``p`` % smaller) and ``(1 - b)^-1`` far from it; a
+    label missing from the labels is an error. Central differences are exact for the
+    linear field inside the ball."""
+    from atlas.longitudinal.simulate import shrink_displacement
+    from atlas.metrics import jacobian_determinant
+
+    lab = np.zeros((60, 60, 60), int)
+    lab[5:55, 5:55, 5:55] = 1
+    lab[12:18, 14:20, 12:16] = 2  # the structure, far from the domain's edge
+    u, true_s, true_b = shrink_displacement(lab, (2.0, 2.0, 2.0), 2, 5.0, brain_pct=1.0)
+    assert true_s == pytest.approx(-5.0) and true_b == pytest.approx(-1.0)
+    det = jacobian_determinant(u * 2.0, (2.0, 2.0, 2.0))
+    np.testing.assert_allclose(det[lab == 2], 1 / 0.95, rtol=1e-9)
+    assert det[45, 45, 45] == pytest.approx(1 / 0.99, rel=1e-9)
+    with pytest.raises(ValueError, match="label 7"):
+        shrink_displacement(lab, (2.0, 2.0, 2.0), 7, 5.0)

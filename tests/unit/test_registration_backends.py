@@ -17,7 +17,14 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_erosion, gaussian_filter
 
-from atlas.registration import BACKENDS, FLIP, backend, read_affine_ras, set_determinism
+from atlas.registration import (
+    BACKENDS,
+    FLIP,
+    backend,
+    check_stage,
+    read_affine_ras,
+    set_determinism,
+)
 
 N, SPACING = 48, 2.0  # 48^3 voxels at 2 mm: a registration takes 0.5-4 s per backend
 #: ANTs keys: a 3-level affine schedule for 48^3 (the config's shrink 6 leaves 8^3 voxels)
@@ -29,7 +36,9 @@ AFFINE = {
     "affine_iterations": [200, 100, 50],
     "affine_shrink_factors": [4, 2, 1],
     "affine_smoothing_sigmas": [2, 1, 0],
-    "greedy": {"iterations": [60, 40, 20]},
+    # both engines end at full resolution here (the config's Greedy affine stops at 4 mm:
+    # in the template the deformable stage refines it)
+    "greedy": {"iterations": [60, 40, 20], "affine_iterations": [100, 50, 10]},
 }
 SYN = dict(AFFINE, transform="SyN")
 
@@ -253,3 +262,26 @@ def test_initial_transform_is_the_starting_point(name, tmp_path):
     points = np.array([[40.0, 0, 0, 1], [0, -40, 0, 1], [0, 0, 40, 1]]).T
     diff = (read_affine_ras(tmp_path / "a.mat") - read_affine_ras(tmp_path / "init.mat")) @ points
     assert np.linalg.norm(diff[:3], axis=0).max() < 0.5
+
+
+def test_syn_without_inverse_writes_no_inverse(syn, problem, tmp_path):
+    """The template's SyN iterations before the last ask for no inverse warp: the same
+    registration then writes only the affine and the forward warp, and the forward warp is
+    the one written with the inverse (same inputs, seed and threads)."""
+    name, (_, warp, _) = syn
+    paths = [tmp_path / "affine.mat", tmp_path / "warp.nii.gz"]
+    backend(name).register(problem["fixed"], problem["image"], SYN, *paths)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["affine.mat", "warp.nii.gz"]
+    np.testing.assert_allclose(
+        ants.image_read(str(paths[1])).numpy(), ants.image_read(str(warp)).numpy(), atol=1e-4
+    )
+
+
+def test_check_stage_names_missing_and_stray_outputs():
+    assert check_stage({"transform": "SyN"}, "w.nii.gz", None) == "SyN"
+    with pytest.raises(ValueError, match="needs warp_out"):
+        check_stage({"transform": "SyN"}, None, "i.nii.gz")
+    with pytest.raises(ValueError, match="writes no warp"):
+        check_stage({"transform": "Affine"}, "w.nii.gz", None)
+    with pytest.raises(ValueError, match="unknown transform"):
+        check_stage({"transform": "BSpline"}, None, None)

@@ -244,6 +244,14 @@ def test_template_plan():
     syn = stage_params(1, TEMPLATE)
     assert syn["transform"] == "SyN" and syn["iterations"] == [20, 10]
     assert syn["affine_metric_param"] == 16
+    # coarse to fine: SyN iterations before the last skip the finest level (both engines)
+    three = dict(TEMPLATE, syn_iterations=2, greedy={"iterations": [60, 30, 10]})
+    early, last = stage_params(1, three), stage_params(2, three)
+    assert early["iterations"] == [20, 0] and early["greedy"]["iterations"] == [60, 30, 0]
+    assert last["iterations"] == [20, 10] and last["greedy"]["iterations"] == [60, 30, 10]
+    flat = stage_params(1, dict(three, coarse_to_fine=False))
+    assert flat["iterations"] == [20, 10] and flat["greedy"]["iterations"] == [60, 30, 10]
+    assert three["greedy"]["iterations"] == [60, 30, 10]  # the config is not modified
     from atlas.io import InputError
 
     with pytest.raises(InputError, match="template.syn_iterations"):

@@ -120,10 +120,17 @@ def job_resources(family="registration", gpu=False):
 
 # --- template iterations (stage and stage_params: atlas.template.plan) ---
 def registration_inputs(w):
+    # iteration 0 starts from the affine normalisation, iteration k from iteration k-1's
+    # affine (the template moved little since: the affine optimisation converges sooner)
+    k = int(w.k)
     return {
-        "template": iter_path(w.k, "template_T1w.nii.gz"),
+        "template": iter_path(k, "template_T1w.nii.gz"),
         "image": subject_file(w.img, "desc-preproc_T1w.nii.gz"),
-        "initial_affine": subject_file(w.img, f"from-T1w_to-{REF}_mode-image_xfm.mat"),
+        "initial_affine": (
+            iter_path(k - 1, f"{w.img}_affine.mat")
+            if k
+            else subject_file(w.img, f"from-T1w_to-{REF}_mode-image_xfm.mat")
+        ),
     }
 
 

@@ -31,8 +31,6 @@ rule preprocess:
         out_json=subject_path("desc-preproc_T1w.json"),
     log:
         f"{OUT}/logs/{{subdir}}/{{img}}_preprocess.log",
-    group:
-        "subject"
     conda:
         ENV_ANTS
     threads: config["threads_per_job"]
@@ -54,8 +52,6 @@ rule normalise:
         out_warped=subject_path(f"space-{REF}_desc-preproc_T1w.nii.gz"),
     log:
         f"{OUT}/logs/{{subdir}}/{{img}}_normalise.log",
-    group:
-        "subject"
     conda:
         ENV_ANTS
     threads: config["threads_per_job"]

@@ -31,7 +31,9 @@ rule dataset_description:
         name=TPL,
         bids_dir=BIDS_DIR,
         config=config,
-        command_line=COMMAND_LINE,
+        # a function: Snakemake formats string params with the wildcards, and a command
+        # line can hold braces (the SLURM profile's `--groups ...=register-{k}`)
+        command_line=lambda w: COMMAND_LINE,
     script:
         RUN
 

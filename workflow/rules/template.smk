@@ -2,8 +2,11 @@
 # every image to template iter-k (one job each) and a join job writes iter-(k+1).
 
 
+# Only the last iteration's inverse warps are used (the final transforms), so the SyN
+# iterations before it write none.
 AFFINE_K = "|".join(str(k) for k in range(N_AFFINE)) or "none"
-SYN_K = "|".join(str(k) for k in range(N_AFFINE, N_ITER))
+SYN_K = "|".join(str(k) for k in range(N_AFFINE, N_ITER - 1)) or "none"
+LAST = N_ITER - 1
 
 
 rule template_init:
@@ -34,8 +37,6 @@ rule template_register_affine:
         f"{OUT}/logs/template_iter-{{k}}_{{img}}.log",
     wildcard_constraints:
         k=AFFINE_K,
-    group:
-        lambda w: f"register-{w.k}"
     conda:
         ENV_ANTS
     threads: config["threads_per_job"]
@@ -54,9 +55,18 @@ use rule template_register_affine as template_register_syn with:
         out_affine=iter_path("{k}", "{img}_affine.mat"),
         out_warped=iter_path("{k}", "{img}_warped.nii.gz"),
         out_warp=iter_path("{k}", "{img}_warp.nii.gz"),
-        out_inverse_warp=iter_path("{k}", "{img}_inverse-warp.nii.gz"),
     wildcard_constraints:
         k=SYN_K,
+
+
+use rule template_register_affine as template_register_last with:
+    output:
+        out_affine=iter_path("{k}", "{img}_affine.mat"),
+        out_warped=iter_path("{k}", "{img}_warped.nii.gz"),
+        out_warp=iter_path("{k}", "{img}_warp.nii.gz"),
+        out_inverse_warp=iter_path("{k}", "{img}_inverse-warp.nii.gz"),
+    wildcard_constraints:
+        k=str(LAST),
 
 
 rule template_update:
@@ -84,9 +94,6 @@ rule template_update:
         RUN
 
 
-LAST = N_ITER - 1
-
-
 rule subject_final:
     input:
         template=iter_path(N_ITER, "template_T1w.nii.gz"),
@@ -106,8 +113,6 @@ rule subject_final:
         out_row=f"{WORK}/template/final/{{subdir}}/{{img}}_metrics.tsv",
     log:
         f"{OUT}/logs/{{subdir}}/{{img}}_template_final.log",
-    group:
-        "final"
     conda:
         ENV_ANTS
     threads: config["threads_per_job"]
@@ -203,8 +208,6 @@ rule template_registration_figure:
         ),
     log:
         f"{OUT}/logs/figures/{{img}}_registration.log",
-    group:
-        "figure"
     conda:
         ENV_REPORT
     resources:
