@@ -8,22 +8,9 @@ its images are read and written with SimpleITK and resampled by Greedy.
 
 from __future__ import annotations
 
-from ..io import atomic_path
+from .. import io
 
 __all__ = ["register_to_template"]
-
-
-def _read_sitk(path):
-    import SimpleITK as sitk
-
-    return sitk.ReadImage(str(path), sitk.sitkFloat32)
-
-
-def _write_sitk(image, path) -> None:
-    import SimpleITK as sitk
-
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat32), str(tmp))
 
 
 def register_to_template(
@@ -50,10 +37,8 @@ def register_to_template(
     from . import register
 
     if backend == "greedy":
-        read, write = _read_sitk, _write_sitk
+        read, write = io.read_sitk, io.write_sitk
     else:
-        from .. import io
-
         read, write = io.read_image, io.write_image
     warped = register(
         read(template),

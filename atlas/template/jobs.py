@@ -28,23 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _read(path, vector: bool = False):
-    import SimpleITK as sitk
-
-    return sitk.ReadImage(str(path), sitk.sitkVectorFloat64 if vector else sitk.sitkFloat32)
-
-
-def _write(image, path) -> None:
-    import SimpleITK as sitk
-
-    with io.atomic_path(path) as tmp:
-        sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat32), str(tmp))
-
-
 def init(*, images, out_template, average):
     """template_0: average of the affinely normalised images (``average``: mean, median,
     normalized_mean; :func:`atlas.template.methods.average_images`)."""
-    _write(average_images([_read(p) for p in images], average), out_template)
+    io.write_sitk(average_images([io.read_sitk(p) for p in images], average), out_template)
 
 
 def update(
@@ -68,12 +55,12 @@ def update(
     throughout (:mod:`atlas.template.methods`): the join job of every iteration, on the
     critical path, does not load ANTs.
     """
-    old = _read(template)
+    old = io.read_sitk(template)
     old_arr = voxels(old)
     m = metrics.foreground(old_arr)
-    images = [_read(p) for p in warped]
+    images = [io.read_sitk(p) for p in warped]
     avg = average_images(images, average)
-    fields = [_read(p, vector=True) for p in warps] if warps else None
+    fields = [io.read_sitk(p, vector=True) for p in warps] if warps else None
     new, magnitude = shape_update(avg, affines, fields, gradient_step)
     if do_sharpen:
         new = sharpen(new)
@@ -86,7 +73,7 @@ def update(
         "mean_ncc": float(np.mean([metrics.ncc(voxels(im), old_arr, m) for im in images])),
     }
     table = pd.DataFrame([row])
-    io.write_all([(_write, new, out_template), (io.write_tsv, table, out_row)])
+    io.write_all([(io.write_sitk, new, out_template), (io.write_tsv, table, out_row)])
 
 
 def subject_final(
