@@ -62,7 +62,7 @@ def check_stage(params: dict, warp_out, inverse_warp_out) -> str:
     ValueError for a transform other than Rigid / Affine / SyN, a SyN stage without
     ``warp_out``, or an ``inverse_warp_out`` without a SyN stage. A SyN stage without
     ``inverse_warp_out`` computes no inverse (the template's iterations before the last
-    need only the forward warps; Greedy's inverse costs as much as its finest level).
+    need only the forward warps; the inverse costs ~1.6 s of a Greedy pair at 2 mm).
     """
     transform = params["transform"]
     if transform not in ("Rigid", "Affine", "SyN"):
