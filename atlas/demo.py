@@ -19,7 +19,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from .io import InputError
 from .preprocess.reference import mni152_path
@@ -35,6 +34,8 @@ def synthetic_subject(
     3 mm) integrated by scaling and squaring (:func:`atlas.learn.layers.integrate_velocity`;
     Arsigny et al. 2006).
     """
+    from scipy import ndimage  # here: the workflow imports this module at parse time
+
     from .learn.layers import integrate_velocity
 
     shape = template.shape
@@ -78,6 +79,8 @@ def make_demo_bids(bids_dir, n_subjects: int = 5, seed: int = 0, spacing_mm: flo
     atlas.io.InputError when ``bids_dir`` exists, is not empty and is not a demo cohort
     (config key ``demo.dir``): it is never deleted or overwritten.
     """
+    from scipy import ndimage  # here: the workflow imports this module at parse time
+
     bids_dir = Path(bids_dir)
     if (bids_dir / "participants.tsv").is_file():
         return bids_dir

@@ -160,3 +160,34 @@ def test_one_pybids_index_per_dataset_state(root, monkeypatch):
     _t1w(root, "sub-01_ses-2_T1w.nii.gz", "sub-01/ses-2")
     assert find_t1w(root, session="all").img.tolist() == ["sub-01_ses-1", "sub-01_ses-2"]
     assert len(calls) == 2
+
+
+def test_pybids_answer_is_cached_on_disk_until_the_dataset_changes(root, tmp_path, monkeypatch):
+    """A re-parse with the cache file (every cluster job) asks pybids nothing and gets the
+    same table; an added or removed T1w file or an unreadable cache asks again."""
+    import atlas.bids as bids
+
+    for name, sub in [("sub-01_run-2_T1w.nii.gz", "sub-01"), ("sub-02_T1w.nii.gz", "sub-02")]:
+        _t1w(root, name, sub)
+    _t1w(root, "sub-01_ses-2_run-1_T1w.nii.gz", "sub-01/ses-2")
+    cache = tmp_path / "cache" / "bids_t1w.json"
+    first = find_t1w(root, session="all", cache=cache)
+    queries = []
+    real = bids._query_t1w
+    monkeypatch.setattr(bids, "_query_t1w", lambda r: queries.append(r) or real(r))
+    bids._T1W_TABLES.clear()  # a new process
+    again = find_t1w(root, session="all", cache=cache)
+    assert queries == []
+    assert again.equals(first)
+    bids._T1W_TABLES.clear()
+    _t1w(root, "sub-03_T1w.nii.gz", "sub-03")
+    assert len(find_t1w(root, session="all", cache=cache)) == len(first) + 1
+    assert len(queries) == 1
+    bids._T1W_TABLES.clear()
+    (root / "sub-03" / "anat" / "sub-03_T1w.nii.gz").unlink()
+    assert len(find_t1w(root, session="all", cache=cache)) == len(first)
+    assert len(queries) == 2
+    bids._T1W_TABLES.clear()
+    cache.write_text("{not json")
+    assert find_t1w(root, session="all", cache=cache).equals(first)
+    assert len(queries) == 3

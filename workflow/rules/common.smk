@@ -32,6 +32,10 @@ def _stop(msg):
     sys.exit(1)
 
 
+# Parse-time caches (every cluster job re-parses the workflow): in Snakemake's own folder,
+# so that a run stopped by bad input before any job leaves output_dir and work_dir untouched.
+PARSE_CACHE = ".snakemake/atlas"
+
 try:
     check_template_config(config["template"])
     check_reference(config["reference"], config["reference_mask"])
@@ -46,11 +50,10 @@ try:
             config["participant_label"],
             config["exclude_participant_label"],
             config["session"],
+            cache=f"{PARSE_CACHE}/bids_t1w.json",  # pybids queried once per dataset state
         ),
         config["on_bad_subject"],
-        # voxels read once, not per job; in Snakemake's own folder so that a run stopped by
-        # bad input before any job leaves output_dir and work_dir untouched
-        cache=".snakemake/atlas/image_validation.json",
+        cache=f"{PARSE_CACHE}/image_validation.json",  # voxels read once, not per job
     )
 except InputError as exc:
     _stop(str(exc))
