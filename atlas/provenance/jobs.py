@@ -35,10 +35,10 @@ def dataset_files(*, images, out_json, out_config, name, bids_dir, config, comma
     )
 
 
-def methods(*, out_methods, out_bib, config, n_images):
+def methods(*, out_methods, out_bib, config, n_images, n_longitudinal):
     """``methods.md`` (the methods paragraph of this run) and ``citations.bib`` (the
-    entries it cites)."""
-    text = methods_text(config, software_versions(), n_images)
+    entries it cites); ``n_longitudinal``: subjects tracked longitudinally."""
+    text = methods_text(config, software_versions(), n_images, n_longitudinal)
     io.write_all(
         [
             (io.write_text, text, out_methods),

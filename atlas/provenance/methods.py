@@ -73,29 +73,81 @@ def preprocessing_text(config: dict, versions: dict) -> str:
     )
 
 
+def registration_text(block: dict, ants: str) -> str:
+    """How images were registered by the engine of a config block with a ``backend`` key
+    (``template``, ``segmentation.registration``, ``longitudinal``; default ``ants``):
+    ``ants`` is the phrase for that block's ANTs settings; ``greedy`` and ``fireants`` are
+    described from the block's ``greedy`` / ``fireants`` settings merged over the backend's
+    ``DEFAULTS`` (:mod:`atlas.registration.greedy`, :mod:`atlas.registration.fireants`).
+
+    Raises
+    ------
+    KeyError for a backend not in :data:`atlas.registration.BACKENDS`.
+    """
+    backend = block.get("backend") or "ants"
+    if backend == "ants":
+        return ants
+    if backend == "greedy":
+        from ..registration.greedy import DEFAULTS
+
+        g = DEFAULTS | (block.get("greedy") or {})
+        svf = ", stationary velocity fields" if g["svf"] else ""
+        return (
+            f"affine ({g['affine_metric']} metric, {_levels(g['affine_iterations'])} "
+            "iterations), then greedy diffeomorphic registration with Greedy "
+            f"[@yushkevich2016] ({g['metric']} metric, radius {g['metric_radius']} voxels, "
+            f"{_levels(g['iterations'])} iterations, update-field and total-field smoothing "
+            f"{g['smoothing_vox'][0]:g} and {g['smoothing_vox'][1]:g} voxels{svf})"
+        )
+    if backend == "fireants":
+        from ..registration.fireants import DEFAULTS
+
+        f = DEFAULTS | (block.get("fireants") or {})
+        return (
+            f"affine ({f['affine_metric']} metric, {_levels(f['affine_iterations'])} "
+            "iterations), then diffeomorphic registration with FireANTs [@jena2024] "
+            f"({f['metric']} metric, window {f['cc_kernel_size']} voxels, "
+            f"{_levels(f['iterations'])} iterations at downsampling factors "
+            f"{_levels(f['scales'])}, Riemannian Adam with learning rate {f['lr']:g})"
+        )
+    raise KeyError(f"no methods text for registration backend {backend!r}")
+
+
+def _syn_text(syn: dict) -> str:
+    """The ANTs phrase of :func:`registration_text` for ``template.syn``-style settings."""
+    return (
+        "affine, then symmetric normalisation (SyN) [@avants2008] in ANTs with the "
+        f"{syn['metric']} metric ({syn['metric_param']}), {_levels(syn['iterations'])} "
+        f"iterations, gradient step {syn['syn_gradient_step']:g}, update-field smoothing "
+        f"{syn['flow_sigma']:g} voxels and total-field smoothing {syn['total_sigma']:g} voxels"
+    )
+
+
 def template_text(config: dict) -> str:
     """Paragraph on the groupwise template (config block ``template``)."""
     t = config["template"]
-    syn = t["syn"]
     sharpen = (
         " and sharpened (Laplacian sharpening blended at 25 %, as `ants.build_template`)"
         if t["sharpen"]
         else ""
     )
+    coarse = (
+        " Deformable iterations before the last skipped the finest level of the schedule."
+        if t.get("coarse_to_fine", True) and t["syn_iterations"] > 1
+        else ""
+    )
+    registration = registration_text(t, _syn_text(t["syn"]))
     return (
         f"A population template (`tpl-{t['name']}`) was built by iterative "
         "mean-then-register template construction (SyGN) [@avants2010]. The initial "
         f"template was the voxel-wise {t['average'].replace('_', ' ')} of the affinely "
         f"normalised images. {t['affine_iterations']} affine and {t['syn_iterations']} "
         "deformable iterations followed; each registered every image to the current template "
-        "(affine, then symmetric normalisation (SyN) [@avants2008] with the "
-        f"{syn['metric']} metric ({syn['metric_param']}), {_levels(syn['iterations'])} "
-        f"iterations, gradient step {syn['syn_gradient_step']:g}, update-field smoothing "
-        f"{syn['flow_sigma']:g} voxels and total-field smoothing {syn['total_sigma']:g} "
-        "voxels), averaged the registered images, applied the shape update (the mean "
-        f"forward warp scaled by -{t['gradient_step']:g} and the inverse mean affine)"
-        f"{sharpen}. Each registration ran as its own job (Snakemake [@molder2021]) with "
-        f"{config['threads_per_job']} ITK thread(s) and metric-sampling seed {config['seed']}."
+        f"({registration}), averaged the registered images, applied the shape update "
+        f"(the mean forward warp scaled by -{t['gradient_step']:g} and the "
+        f"inverse mean affine){sharpen}.{coarse} Each registration ran as its own job "
+        f"(Snakemake [@molder2021]) with {config['threads_per_job']} thread(s) and seed "
+        f"{config['seed']}."
     )
 
 
@@ -119,9 +171,14 @@ def segmentation_text(config: dict) -> str:
         "through that image's template transforms (one interpolation)",
     }[seg["route"]]
     reg = seg["registration"]
+    ants = (
+        "affine, then symmetric normalisation (SyN) [@avants2008] in ANTs (`ants.registration` "
+        f"preset `{reg['transform']}`, Mattes mutual information, "
+        f"{_levels(reg['iterations'])} SyN iterations)"
+    )
     return (
         "Labelled atlases were preprocessed like the images, "
-        f"{route} (ANTs {reg['transform']}, {_levels(reg['iterations'])} SyN iterations), "
+        f"{route} ({registration_text(reg, ants)}), "
         f"their label maps propagated with {seg['label_interpolation']} interpolation "
         f"(atlases whose registered T1w correlated below NCC {seg['qc']['min_ncc']:g} with "
         f"the target were excluded) and fused by {fusion}."
@@ -135,6 +192,23 @@ def learned_text(config: dict, versions: dict) -> str:
     if not lcfg["enabled"]:
         return ""
     tr = lcfg["train"]
+    tissue = (
+        " The atlas also output tissue probability maps (softmax over background and "
+        "tissues), supervised by the soft Dice between the maps warped to each training "
+        f"subject and its tissue segmentation (weight {lcfg['tissue_weight']:g})."
+        if lcfg.get("tissue_weight", 0) > 0
+        else ""
+    )
+    d = lcfg.get("discriminator") or {}
+    adversarial = (
+        " An age-conditional patch discriminator with spectral normalisation was trained "
+        "against the atlas warped to each subject (Atlas-GAN [@dey2021]; "
+        f"{d.get('loss')} loss, {d.get('penalty')} gradient penalty of weight "
+        f"{d.get('penalty_weight', 0):g}, adversarial weight {d.get('weight', 0):g} ramped "
+        f"from 0 over {d.get('warmup_steps')} steps)."
+        if lcfg.get("adversarial")
+        else ""
+    )
     aarn = (
         " An affine rescaling network fitted to the normalisation affines restored the "
         "age-specific brain size of each atlas."
@@ -148,16 +222,47 @@ def learned_text(config: dict, versions: dict) -> str:
         f"{tr['batch_size']}), {tr['similarity']} similarity, {tr['reg']} regularisation "
         f"(weight {tr['reg_weight']:g}), {tr['int_steps']} scaling-and-squaring steps and "
         f"seed {tr['seed']}. Atlases were sampled at {', '.join(map(str, lcfg['ages']))} "
-        f"{lcfg['age_units']}.{aarn}"
+        f"{lcfg['age_units']}.{tissue}{adversarial}{aarn}"
     )
 
 
-def methods_text(config: dict, versions: dict, n_images: int) -> str:
+def longitudinal_text(config: dict, n_subjects: int) -> str:
+    """Paragraph on longitudinal tracking (config block ``longitudinal``) of ``n_subjects``
+    subjects with two or more sessions; empty when there are none."""
+    if not n_subjects:
+        return ""
+    lcfg = config["longitudinal"]
+    sst = lcfg["sst"]
+    syn = {**config["template"]["syn"], **(sst.get("syn") or {})}
+    labels = (
+        "the multi-atlas segmentation of the SST"
+        if config["segmentation"]["atlases"]
+        else "the population template's labels carried to the SST"
+    )
+    return (
+        f"{n_subjects} subjects with two or more sessions were processed longitudinally "
+        "[@reuter2012]: an unbiased single-subject template (SST) of each subject's sessions "
+        "was built by the same iterative procedure, starting from the mean of the sessions "
+        f"after affine normalisation (no session served as target), with "
+        f"{sst['affine_iterations']} rigid/affine and {sst['syn_iterations']} deformable "
+        f"iterations ({registration_text(lcfg, _syn_text(syn))}). Each SST was registered "
+        "once to the population template, and each session reached the template through the "
+        "composed session-to-SST-to-template transforms with one interpolation. Each session "
+        f"was labelled with {labels}, carried to the session; change between sessions was "
+        "measured from the label volumes and by integrating the Jacobian determinant of the "
+        "session-to-SST transform over each structure, and volume against age was modelled "
+        "by linear mixed-effects models with a random intercept and slope per subject "
+        "(statsmodels `mixedlm` [@seabold2010])."
+    )
+
+
+def methods_text(config: dict, versions: dict, n_images: int, n_longitudinal: int = 0) -> str:
     """The methods section (Markdown) of a run: one paragraph per stage that ran, the
     software versions, and a note on how to cite.
 
     ``config`` is the resolved config of the run, ``versions`` the output of
-    :func:`atlas.provenance.software_versions`, ``n_images`` the number of T1w images.
+    :func:`atlas.provenance.software_versions`, ``n_images`` the number of T1w images,
+    ``n_longitudinal`` the number of subjects tracked longitudinally.
     """
     paragraphs = [
         f"Results were produced by atlas {versions.get('atlas')} from {n_images} "
@@ -166,6 +271,7 @@ def methods_text(config: dict, versions: dict, n_images: int) -> str:
         template_text(config),
         segmentation_text(config),
         learned_text(config, versions),
+        longitudinal_text(config, n_longitudinal),
     ]
     software = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
     body = "\n\n".join(p for p in paragraphs if p)

@@ -86,6 +86,38 @@ def test_methods_text_states_the_parameters_that_ran(config):
     assert "sharpened" not in text
 
 
+@pytest.mark.parametrize(
+    ("backend", "phrase", "key"),
+    [
+        ("ants", "symmetric normalisation (SyN)", "avants2008"),
+        ("greedy", "greedy diffeomorphic registration with Greedy", "yushkevich2016"),
+        ("fireants", "diffeomorphic registration with FireANTs", "jena2024"),
+    ],
+)
+def test_methods_text_names_the_registration_engine_of_each_stage(config, backend, phrase, key):
+    """Each stage's paragraph describes the engine its own ``backend`` key chose, with that
+    engine's settings and citation; the other engines are not mentioned."""
+    config = json.loads(json.dumps(config))
+    config["segmentation"]["atlases"] = [{"t1w": "a.nii.gz", "dseg": "a_dseg.nii.gz"}]
+    for block in (config["template"], config["segmentation"]["registration"]):
+        block["backend"] = backend
+    config["template"].setdefault("greedy", {})["iterations"] = [7, 5, 3]
+    text = methods_text(config, software_versions(), 12, n_longitudinal=3)
+    template, segmentation, longitudinal = (
+        next(p for p in text.split("\n\n") if p.startswith(start))
+        for start in ("A population template", "Labelled atlases", "3 subjects with two")
+    )
+    assert phrase in template and phrase in segmentation
+    assert f"[@{key}]" in template
+    assert ("7x5x3 iterations" in template) == (backend == "greedy")
+    # the longitudinal stage keeps its own engine (longitudinal.backend, default ants)
+    assert "symmetric normalisation (SyN)" in longitudinal and "[@reuter2012]" in longitudinal
+    for other in {"ants": "SyN) [@", "greedy": "Greedy [@", "fireants": "FireANTs [@"}.items():
+        if other[0] != backend:
+            assert other[1] not in template + segmentation
+    assert key in cited_keys(text) and bibtex(cited_keys(text))
+
+
 def test_every_citation_has_a_bibtex_entry(config):
     text = methods_text(config, software_versions(), 3)
     keys = cited_keys(text)
@@ -117,7 +149,11 @@ def test_provenance_jobs(tmp_path, config):
     assert snap["determinism"] == {"seed": config["seed"], "threads_per_job": 1}
     assert snap["software"]["antspyx"] and snap["software"]["ITK"]
     provenance_jobs.methods(
-        out_methods=out["methods.md"], out_bib=out["c.bib"], config=config, n_images=1
+        out_methods=out["methods.md"],
+        out_bib=out["c.bib"],
+        config=config,
+        n_images=1,
+        n_longitudinal=0,
     )
     assert out["methods.md"].read_text().startswith("# Methods")
     assert "@article{tustison2010," in out["c.bib"].read_text()

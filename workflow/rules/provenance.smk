@@ -52,6 +52,7 @@ rule methods:
         step="provenance.methods",
         config=config,
         n_images=len(IMAGES),
+        n_longitudinal=len(LONG.subjects) if LONG_ON else 0,
     script:
         RUN
 
