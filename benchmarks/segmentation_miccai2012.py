@@ -105,6 +105,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="template.affine_iterations and syn_iterations (default: config/config.yaml)",
     )
     parser.add_argument("--seed", type=int, default=1, help="workflow seed / ANTS_RANDOM_SEED")
+    parser.add_argument(
+        "--backend",
+        choices=("ants", "greedy", "fireants"),
+        help="template.backend and segmentation.registration.backend (default: config/config.yaml)",
+    )
     return parser.parse_args(argv)
 
 
@@ -249,6 +254,9 @@ def workflow_config(args, run_dir: Path, route: str, atlases, targets) -> dict:
         cfg["template"] = dict(
             zip(("affine_iterations", "syn_iterations"), args.template_iterations, strict=True)
         )
+    if args.backend:
+        cfg["template"] = cfg.get("template", {}) | {"backend": args.backend}
+        cfg["segmentation"]["registration"] = {"backend": args.backend}
     return cfg
 
 

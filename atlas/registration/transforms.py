@@ -153,3 +153,40 @@ def write_affine_ras(matrix_ras, path) -> Path:
     with atomic_path(path) as tmp:
         sitk.WriteTransform(tx, str(tmp))
     return Path(path)
+
+
+def forward_transform_sitk(affine_path, warp_path=None):
+    """The SimpleITK transform of an ANTs forward list ``[warp, affine]`` (files; the
+    affine alone without ``warp_path``): a fixed-space point ``x`` maps to ``A(x + u(x))``
+    in the moving space, so ``SimpleITK.Resample(moving, fixed, transform)`` is
+    ``ants.apply_transforms(fixed, moving, [warp, affine])`` without loading ANTs."""
+    import SimpleITK as sitk
+
+    from ..io import read_sitk
+
+    affine = sitk.AffineTransform(sitk.ReadTransform(str(affine_path)))
+    if warp_path is None:
+        return affine
+    warp = sitk.DisplacementFieldTransform(read_sitk(warp_path, vector=True))
+    return sitk.CompositeTransform([affine, warp])  # applied last to first: warp, then affine
+
+
+def jacobian_determinant_sitk(warp) -> np.ndarray:
+    """Jacobian determinant ``det(I + du/dx)`` of a displacement field on its own grid
+    (:func:`atlas.metrics.jacobian_determinant`: central differences, one-sided at the
+    border); 1 = volume kept, <= 0 = folding.
+
+    ``warp``: SimpleITK vector image, displacements in mm with LPS components (ANTs warps).
+    Returns an array in SimpleITK order ``(z, y, x)``. The vectors are rotated onto the
+    grid's index axes first (``D^T u``; ``det(I + D^T G D) = det(I + G)``): ITK's
+    ``DisplacementFieldJacobianDeterminantFilter`` differentiates along the index axes
+    without that rotation, wrong on RAS-oriented grids (``D = diag(-1, -1, 1)``).
+    """
+    import SimpleITK as sitk
+
+    from ..metrics import jacobian_determinant
+
+    u = sitk.GetArrayFromImage(warp).astype(np.float64)
+    direction = np.asarray(warp.GetDirection(), dtype=np.float64).reshape(3, 3)
+    along_index_axes = u @ direction  # component a = column a of D . u
+    return jacobian_determinant(along_index_axes[..., ::-1], warp.GetSpacing()[::-1])

@@ -87,3 +87,55 @@ def test_warp_is_ants_compatible_on_an_oblique_grid(tmp_path):
     np.testing.assert_allclose(zooms, 2.0)
     np.testing.assert_allclose(u[..., 0], 2.0, atol=1e-6)
     np.testing.assert_allclose(u[..., 1:], 0.0, atol=1e-6)
+
+
+def test_sitk_jacobian_and_resampling_match_ants_on_an_oblique_grid(tmp_path):
+    """The ANTs-free final job's pieces on a permuted, flipped grid. jacobian_determinant_sitk
+    equals the finite-difference det(I + du/dp) of the voxel displacement to rounding (the
+    determinant does not depend on the grid's orientation), is within 0.01 of the analytic
+    determinant inside the grid (central differences: error about h^2/6 times the third
+    derivative, ~0.01 for these waves of 3-5 voxels; 0.0055 measured, ANTs 0.027) and agrees
+    with ANTs' CreateJacobianDeterminantImage on average (0.002 measured; bound 0.005).
+    forward_transform_sitk resamples as ants.apply_transforms([warp, affine])."""
+    import SimpleITK as sitk
+
+    from atlas.io import read_sitk
+    from atlas.metrics import jacobian_determinant
+    from atlas.registration.transforms import forward_transform_sitk, jacobian_determinant_sitk
+
+    shape = (16, 14, 12)
+    x, y, z = np.indices(shape, dtype=float)
+    disp = np.stack(
+        [
+            0.6 * np.sin(x / 3) * np.cos(y / 5),
+            0.4 * np.cos(y / 4) * np.sin(z / 4),
+            0.3 * np.sin(z / 3 + x / 6),
+        ],
+        -1,
+    )
+    grad = np.zeros(shape + (3, 3))
+    grad[..., 0, 0] = 0.6 * np.cos(x / 3) / 3 * np.cos(y / 5)
+    grad[..., 0, 1] = -0.6 * np.sin(x / 3) * np.sin(y / 5) / 5
+    grad[..., 1, 1] = -0.4 * np.sin(y / 4) / 4 * np.sin(z / 4)
+    grad[..., 1, 2] = 0.4 * np.cos(y / 4) * np.cos(z / 4) / 4
+    grad[..., 2, 0] = 0.3 * np.cos(z / 3 + x / 6) / 6
+    grad[..., 2, 2] = 0.3 * np.cos(z / 3 + x / 6) / 3
+    analytic = np.linalg.det(np.eye(3) + grad)
+    write_warp(disp, OBLIQUE, tmp_path / "warp.nii.gz")
+    data = np.random.default_rng(3).random(shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, OBLIQUE), tmp_path / "img.nii.gz")
+    det = jacobian_determinant_sitk(read_sitk(tmp_path / "warp.nii.gz", vector=True))
+    det = det.transpose(2, 1, 0)  # SimpleITK (z, y, x) -> array axes of the NIfTI
+    np.testing.assert_allclose(det, jacobian_determinant(disp, 1.0), atol=1e-5)
+    inner = (slice(1, -1),) * 3
+    assert np.abs(det - analytic)[inner].max() < 0.01
+    img = ants.image_read(str(tmp_path / "img.nii.gz"))
+    ants_det = ants.create_jacobian_determinant_image(img, str(tmp_path / "warp.nii.gz")).numpy()
+    assert np.abs(det - ants_det)[inner].mean() < 0.005
+    affine = tmp_path / "a.mat"
+    _random_affine(affine)
+    expected = ants.apply_transforms(img, img, [str(tmp_path / "warp.nii.gz"), str(affine)])
+    tx = forward_transform_sitk(affine, tmp_path / "warp.nii.gz")
+    moving = read_sitk(tmp_path / "img.nii.gz")
+    moved = sitk.GetArrayFromImage(sitk.Resample(moving, moving, tx, sitk.sitkLinear, 0.0))
+    np.testing.assert_allclose(moved.transpose(2, 1, 0), expected.numpy(), atol=1e-4)
