@@ -9,14 +9,17 @@ visit: the true change is about zero). For every manually labelled structure of 
 - ``longitudinal``: this workflow's route: an unbiased single-subject template (SST) by the
   template jobs (:func:`atlas.longitudinal.sst.sst_percent_change`, the workflow's default
   ``longitudinal.sst`` iterations), ses-1 labels carried to the SST, volumes by Jacobian
-  integration of SST -> session (:func:`atlas.longitudinal.change.jacobian_volumes`);
+  integration of SST -> session (:func:`atlas.longitudinal.change.jacobian_integration`);
 - ``baseline``: the naive route: ses-2 registered to ses-1 (affine + SyN, the template's
   settings), volumes of ses-1's labels and their Jacobian integral through ses-1 -> ses-2.
 
 **Accuracy**: follow-ups simulated from ses-1 of the ``--simulate`` subjects
 (:func:`atlas.longitudinal.simulate.simulate_followup`: ``--structures`` shrunk by each of
 ``--levels`` %, the brain by 1 %, rigid motion, noise :func:`noise_at` the resolution),
-measured by both routes: error in percentage points of the structure and the brain change.
+measured by both routes: error in percentage points of the structure and the brain change;
+for the longitudinal route also the error with the simulation's true Jacobian field integrated
+over the same SST labels (:func:`true_field_pct`), which separates the registration field's
+error from the labels' and the integration's.
 
 Prints the median |% difference| per route, the error table, and wall time and peak memory
 (max RSS of the fresh process that ran each step) per subject. Usage::
@@ -116,24 +119,15 @@ def _table(dseg: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"index": ids, "name": [str(i) for i in ids]})
 
 
-def _jac_volumes(domain, affine, warp, labels, table):
-    from atlas.longitudinal.change import jacobian_volumes, log_jacobian
-    from atlas.registration import jacobian_determinant_image, read_affine_ras
-
-    det = jacobian_determinant_image(domain, warp).numpy()
-    lj = log_jacobian(det, read_affine_ras(affine)[:3, :3])
-    vol = float(np.prod(domain.spacing))
-    return jacobian_volumes(lj, labels, table, vol).set_index("name").volume_mm3
-
-
-def route_longitudinal(images, labels, work: Path, affines=None, init_images=None) -> pd.Series:
+def route_longitudinal(images, labels, work: Path, affines=None, init_images=None):
     """% change image 1 vs image 0 of every label of ``labels`` (on image 0's grid) and of
     ``total_brain`` through an SST of both images, the workflow's default
-    ``longitudinal.sst`` (:func:`atlas.longitudinal.sst.sst_percent_change`)."""
-    from atlas.longitudinal.sst import sst_percent_change
+    ``longitudinal.sst`` (:func:`atlas.longitudinal.sst.sst_measure`); and that measure's
+    dict (SST, its labels, the log-Jacobians, the transforms)."""
+    from atlas.longitudinal.sst import sst_measure
 
     cfg = _config()
-    return sst_percent_change(
+    m = sst_measure(
         list(images),
         labels,
         work / "sst",
@@ -142,6 +136,28 @@ def route_longitudinal(images, labels, work: Path, affines=None, init_images=Non
         initial_affines=affines,
         init_images=init_images,
     )
+    return 100 * (m["volumes"][1] / m["volumes"][0] - 1), m
+
+
+def true_field_pct(m: dict, true_log_ratio, structure: int) -> tuple[float, float]:
+    """The % change of ``structure`` and of the brain that the SST route would read with a
+    perfect registration: the simulation's true log volume ratio (on the baseline's grid,
+    :attr:`atlas.longitudinal.simulate.SimulatedPair.true_log_ratio`) carried to the SST by
+    the baseline's (image 0) transforms and integrated over the same SST labels, weighted by
+    the baseline's recovered Jacobian. Equal to the truth: the labels and the integration are
+    not the error; a difference from the measured change is the registration field's."""
+    import ants
+
+    t = m["transforms"]
+    rho = ants.apply_transforms(
+        m["sst"], true_log_ratio, [str(t["warps"][0]), str(t["affines"][0])]
+    ).numpy()
+    lj0 = m["log_jacobians"][0]
+    j0 = np.exp(np.where(np.isfinite(lj0), lj0, -np.inf))
+    out = []
+    for mask in (m["dseg"] == structure, m["dseg"] > 0):
+        out.append(100 * float((j0 * np.exp(rho))[mask].sum() / j0[mask].sum() - 1))
+    return out[0], out[1]
 
 
 def route_baseline(images, labels, work: Path) -> pd.Series:
@@ -149,6 +165,7 @@ def route_baseline(images, labels, work: Path) -> pd.Series:
     template's settings), Jacobian integration of image 0 -> image 1 over image 0's labels
     (``total_brain`` included)."""
     from atlas import io
+    from atlas.longitudinal.change import jacobian_integration
     from atlas.registration import register
 
     cfg = _config()
@@ -159,7 +176,7 @@ def route_baseline(images, labels, work: Path) -> pd.Series:
     register(base, io.read_image(images[1]), params, aff, warp, iw)
     lab = np.rint(io.read_image(labels).numpy()).astype(int)
     table = _table(lab)
-    v2 = _jac_volumes(base, aff, warp, lab, table)
+    v2 = jacobian_integration(base, aff, warp, lab, table)[0].set_index("name").volume_mm3
     vox = float(np.prod(base.spacing))
     v1 = pd.Series([np.count_nonzero(lab == i) * vox for i in table["index"]], index=table["name"])
     v1["total_brain"] = np.count_nonzero(lab > 0) * vox
@@ -197,7 +214,7 @@ def _child(route: str, subject: str, res: float, work: str, min_volume: float):
     if route == "manual":
         diff = _manual(files, min_volume)
     elif route == "longitudinal":
-        diff = route_longitudinal(
+        diff, _ = route_longitudinal(
             pre,
             files["1"]["dseg"],
             work,
@@ -222,7 +239,8 @@ def noise_at(res: float) -> float:
 
 def _child_simulated(route, subject, res, work, structure, pct, seed):
     """One route on a simulated follow-up of ``subject`` ses-1 (a fresh process): errors
-    (pp) of the structure and brain change, seconds, peak RSS MB."""
+    (pp) of the structure and brain change (then, longitudinal route, those of
+    :func:`true_field_pct`; NaN for the baseline route), seconds, peak RSS MB."""
     import ants
 
     from atlas.longitudinal.simulate import simulate_followup
@@ -244,16 +262,16 @@ def _child_simulated(route, subject, res, work, structure, pct, seed):
     for img, path in zip((sim.baseline, sim.followup, sim.labels), paths, strict=True):
         ants.image_write(img, str(path))
     start = time.perf_counter()
+    ideal = (np.nan, np.nan)
     if route == "longitudinal":
-        diff = route_longitudinal(paths[:2], paths[2], work)
+        diff, m = route_longitudinal(paths[:2], paths[2], work)
+        ideal = true_field_pct(m, sim.true_log_ratio, structure)
     else:
         diff = route_baseline(paths[:2], paths[2], work)
     seconds, peak = time.perf_counter() - start, _peak_mb()
-    errors = (
-        diff[str(structure)] - sim.true_structure_pct,
-        diff["total_brain"] - sim.true_brain_pct,
-    )
-    return errors, seconds, peak
+    truth = (sim.true_structure_pct, sim.true_brain_pct)
+    errors = (diff[str(structure)] - truth[0], diff["total_brain"] - truth[1])
+    return (*errors, ideal[0] - truth[0], ideal[1] - truth[1]), seconds, peak
 
 
 def _spawn(fn, *args):
@@ -290,16 +308,18 @@ def accuracy(subjects, res, tmp, structures, levels, seed):
             for pct in levels:
                 for route in ("longitudinal", "baseline"):
                     work = Path(tmp) / subject / "sim" / f"{structure}_{pct:g}_{route}"
-                    (err_s, err_b), sec, peak = _spawn(
+                    errors, sec, peak = _spawn(
                         _child_simulated, route, subject, res, str(work), structure, pct, seed
                     )
-                    rows.append((subject, structure, pct, route, err_s, err_b, sec, peak))
+                    rows.append((subject, structure, pct, route, *errors, sec, peak))
                     print(
                         f"  {subject} label {structure} {pct:g} % {route}: error "
-                        f"{err_s:+.2f} pp (brain {err_b:+.2f} pp), {sec:.0f} s",
+                        f"{errors[0]:+.2f} pp (brain {errors[1]:+.2f} pp; with the true field "
+                        f"{errors[2]:+.2f} / {errors[3]:+.2f} pp), {sec:.0f} s",
                         flush=True,
                     )
-    cols = ["subject", "label", "pct", "route", "error_pp", "brain_error_pp", "seconds", "peak_mb"]
+    cols = ["subject", "label", "pct", "route", "error_pp", "brain_error_pp"]
+    cols += ["true_field_error_pp", "true_field_brain_error_pp", "seconds", "peak_mb"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -339,6 +359,10 @@ def main(argv=None) -> None:
                 index=["subject", "label", "pct"], columns="route", values="error_pp"
             )
             print(errors.round(2).to_string())
+            print("longitudinal route with the simulation's true field over the same SST labels")
+            print("(labels and integration exact: the rest of the error is the registration's):")
+            ideal = acc[acc.route == "longitudinal"].set_index(["subject", "label", "pct"])
+            print(ideal[["true_field_error_pp", "true_field_brain_error_pp"]].round(3).to_string())
             print("brain 1 % error (pp), median |error| per route:")
             print(acc.groupby("route").brain_error_pp.apply(lambda e: e.abs().median()).round(2))
             print("max |error| (pp) per route:")

@@ -14,8 +14,10 @@ grid (nearest neighbour). Per setting, the mean over pairs of:
   (:func:`atlas.registration.jacobian_determinant_image`).
 
 Settings: ``ants`` = the config's ``template.affine`` + ``template.syn`` (the reference);
-``greedy-*`` = the config's ``template.greedy`` with the iterations / -sv named. Not a test;
-run from the project root, e.g.::
+``greedy-*`` = the config's ``template.greedy`` with the iterations / -sv named; ``fireants``
+= the config's ``template.fireants`` (:data:`atlas.registration.fireants.DEFAULTS` where
+unset), ``fireants-*`` with the overrides named (on CPU here: FireANTs is built for a GPU, so
+its CPU seconds say nothing of its GPU time). Not a test; run from the project root, e.g.::
 
     nice -n 5 python -m benchmarks.registration_pairs --pairs 3 --resolution 2
 """
@@ -34,7 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "miccai2012"
 
-#: name -> (backend, overrides of the greedy block)
+#: name -> (backend, overrides of that backend's config block: ``greedy`` / ``fireants``)
 SETTINGS = {
     "ants": ("ants", {}),
     "greedy-sv-40x20x0": ("greedy", {"iterations": [40, 20, 0], "svf": True}),
@@ -48,6 +50,11 @@ SETTINGS = {
         "greedy",
         {"iterations": [100, 50, 10], "affine_iterations": [100, 50, 0], "svf": False},
     ),
+    "fireants": ("fireants", {}),
+    "fireants-200x100x50": ("fireants", {"iterations": [200, 100, 50]}),
+    "fireants-affcc": ("fireants", {"affine_metric": "cc"}),
+    "fireants-lr0.25": ("fireants", {"lr": 0.25}),
+    "fireants-cc7": ("fireants", {"cc_kernel_size": 7}),
 }
 
 
@@ -112,8 +119,10 @@ def main() -> None:
                 load(train[2 * i + 1], args.resolution),
             )
             for name in args.settings:
-                backend_name, greedy = SETTINGS[name]
-                params = dict(base, greedy=dict(base["greedy"], **greedy))
+                backend_name, overrides = SETTINGS[name]
+                params = dict(base)
+                if backend_name != "ants":
+                    params[backend_name] = dict(base[backend_name], **overrides)
                 row = run_pair(fixed, moving, params, backend_name, Path(tmp))
                 rows.append({"pair": i, "setting": name, **row})
                 print(rows[-1], flush=True)

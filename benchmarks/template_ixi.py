@@ -10,7 +10,11 @@ labels (``derivatives/dlmuse``) carried into each template space, for our affine
 our SyN stage and ANTs' template, and the % of template-foreground voxels where a
 subject's final warp has a non-positive Jacobian determinant (mean over subjects).
 ``--backend`` picks our registration engine (config ``template.backend``); ANTs'
-``ants.build_template`` runs in the same invocation, so the ratio compares like with like.
+``ants.build_template`` runs in the same invocation, so the ratio compares like with like
+(``--no-ants`` skips it, for scaling points where it does not fit the time). For scaling
+(issue 15: 10, 25, 50 subjects) it also prints seconds per subject per iteration and the
+peak memory of each side (largest resident set of any one process: a workflow job, or the
+process running ``ants.build_template``).
 
     nice -n 5 python benchmarks/template_ixi.py --subjects 10 --backend greedy --out /tmp/bench_ixi
 
@@ -37,10 +41,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def snakemake(config_path: Path, targets=(), cores: int = 2) -> None:
-    cmd = [sys.executable, "-m", "snakemake", *targets, "--cores", str(cores)]
+def snakemake(config_path: Path, targets=(), cores: int = 2) -> float:
+    """Run the workflow; returns the peak resident set (MB) of its largest process (GNU
+    time's %M: the maximum over Snakemake and every job it waited for)."""
+    rss = config_path.parent / "maxrss_kb"
+    cmd = ["/usr/bin/time", "-f", "%M", "-o", str(rss)]
+    cmd += [sys.executable, "-m", "snakemake", *targets, "--cores", str(cores)]
     cmd += ["--configfile", str(config_path), "--quiet", "progress", "--nolock"]
     subprocess.run(cmd, cwd=ROOT, check=True)
+    return int(rss.read_text().split()[-1]) / 1024
 
 
 def cpu_seconds(who) -> float:
@@ -91,7 +100,8 @@ def main() -> None:
     ap.add_argument("--affine-iterations", type=int, default=2)
     ap.add_argument("--syn-iterations", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_template_ixi"))
-    ap.add_argument("--backend", default="greedy", help="our engine: ants | greedy")
+    ap.add_argument("--backend", default="greedy", help="our engine: ants | greedy | fireants")
+    ap.add_argument("--no-ants", action="store_true", help="skip ants.build_template")
     args = ap.parse_args()
 
     import ants
@@ -135,32 +145,24 @@ def main() -> None:
         Path(f"{anat[s]}_space-bench_desc-preproc_T1w.nii.gz") for s in subjects
     ]
     c0, t0 = cpu_seconds(resource.RUSAGE_CHILDREN), time.perf_counter()
-    snakemake(cfg_path, [str(p) for p in template_targets])
+    peak_ours = snakemake(cfg_path, [str(p) for p in template_targets])
     t_ours = time.perf_counter() - t0
     cpu_ours = cpu_seconds(resource.RUSAGE_CHILDREN) - c0
     snakemake(cfg_path)
     t_full = time.perf_counter() - t0
-
-    syn = cfg["template"]["syn"]
-    images = [ants.image_read(str(p)) for p in normalised]
-    ants_dir = args.out / "ants"
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(os.cpu_count())
-    c0, t0 = cpu_seconds(resource.RUSAGE_SELF), time.perf_counter()
-    ants_template = ants.build_template(
-        image_list=images,
-        iterations=args.syn_iterations,
-        gradient_step=cfg["template"]["gradient_step"],
-        output_dir=str(ants_dir),
-        type_of_transform="SyN",
-        syn_metric=syn["metric"],
-        syn_sampling=syn["metric_param"],
-        reg_iterations=tuple(syn["iterations"]),
-        grad_step=syn["syn_gradient_step"],
-        flow_sigma=syn["flow_sigma"],
-        total_sigma=syn["total_sigma"],
-    )
-    t_ants = time.perf_counter() - t0
-    cpu_ants = cpu_seconds(resource.RUSAGE_SELF) - c0
+    n_iterations = args.affine_iterations + args.syn_iterations
+    result = {
+        "backend": args.backend,
+        "subjects": len(subjects),
+        "resolution_mm": args.resolution,
+        "syn_iterations": args.syn_iterations,
+        "ours_affine_iterations": args.affine_iterations,
+        "wall_s_ours": round(t_ours, 1),
+        "cpu_s_ours": round(cpu_ours, 1),
+        "wall_s_ours_full_run": round(t_full, 1),
+        "s_per_subject_per_iteration_ours": round(t_ours / len(subjects) / n_iterations, 2),
+        "peak_rss_mb_ours": round(peak_ours),
+    }
 
     labels = [
         DATA
@@ -174,70 +176,78 @@ def main() -> None:
     ]
     tpl = ants.image_read(str(out / "tpl-bench" / f"tpl-bench_res-{args.resolution:g}_T1w.nii.gz"))
     last_affine = args.affine_iterations - 1
-    affine_tpl = ants.image_read(
-        str(work / "template" / f"iter-{last_affine}" / "template_T1w.nii.gz")
-    )
-    dice_affine = mean_pairwise_dice(
-        carry_labels(
-            affine_tpl,
-            labels,
-            [
-                [str(work / "template" / f"iter-{last_affine}" / f"sub-{s}_affine.mat")]
-                for s in subjects
-            ],
-        )
-    )
-    dice_syn = mean_pairwise_dice(
-        carry_labels(
-            tpl,
-            labels,
-            [
-                [
-                    f"{anat[s]}_from-T1w_to-bench_mode-image_desc-warp_xfm.nii.gz",
-                    f"{anat[s]}_from-T1w_to-bench_mode-image_desc-affine_xfm.mat",
-                ]
-                for s in subjects
-            ],
-        )
-    )
-    dice_ants = mean_pairwise_dice(
-        carry_labels(
-            ants_template,
-            labels,
-            [
-                [
-                    str(ants_dir / f"img{k:04d}" / "out1Warp.nii.gz"),
-                    str(ants_dir / f"img{k:04d}" / "out0GenericAffine.mat"),
-                    f"{anat[s]}_from-T1w_to-{ref}_mode-image_xfm.mat",
-                ]
-                for k, s in enumerate(subjects)
-            ],
-        )
-    )
-    ours_warps = [f"{anat[s]}_from-T1w_to-bench_mode-image_desc-warp_xfm.nii.gz" for s in subjects]
-    ants_warps = [str(ants_dir / f"img{k:04d}" / "out1Warp.nii.gz") for k in range(len(subjects))]
-    result = {
-        "backend": args.backend,
-        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-        "subjects": len(subjects),
-        "resolution_mm": args.resolution,
-        "syn_iterations": args.syn_iterations,
-        "ours_affine_iterations": args.affine_iterations,
-        "wall_s_ours": round(t_ours, 1),
-        "wall_s_ants_build_template": round(t_ants, 1),
-        "ratio_ours_over_ants": round(t_ours / t_ants, 3),
-        "cpu_s_ours": round(cpu_ours, 1),
-        "cpu_s_ants_build_template": round(cpu_ants, 1),
-        "wall_s_ours_full_run": round(t_full, 1),
-        "ratio_full_run_over_ants": round(t_full / t_ants, 3),
-        "dice_ours_affine_stage": round(dice_affine, 4),
-        "dice_ours_syn_stage": round(dice_syn, 4),
-        "dice_ants_build_template": round(dice_ants, 4),
-        "nonpositive_jacobian_pct_ours": round(folding_pct(tpl, ours_warps), 4),
-        "nonpositive_jacobian_pct_ants": round(folding_pct(ants_template, ants_warps), 4),
+    affine_dir = work / "template" / f"iter-{last_affine}"
+    affine_tpl = ants.image_read(str(affine_dir / "template_T1w.nii.gz"))
+    affines = [[str(affine_dir / f"sub-{s}_affine.mat")] for s in subjects]
+    final = [
+        [
+            f"{anat[s]}_from-T1w_to-bench_mode-image_desc-warp_xfm.nii.gz",
+            f"{anat[s]}_from-T1w_to-bench_mode-image_desc-affine_xfm.mat",
+        ]
+        for s in subjects
+    ]
+    result |= {
+        "dice_ours_affine_stage": round(
+            mean_pairwise_dice(carry_labels(affine_tpl, labels, affines)), 4
+        ),
+        "dice_ours_syn_stage": round(mean_pairwise_dice(carry_labels(tpl, labels, final)), 4),
+        "nonpositive_jacobian_pct_ours": round(folding_pct(tpl, [f[0] for f in final]), 4),
     }
+    if not args.no_ants:
+        to_ref = [f"{anat[s]}_from-T1w_to-{ref}_mode-image_xfm.mat" for s in subjects]
+        result |= run_ants(args, cfg, normalised, labels, to_ref)
+        result["ratio_ours_over_ants"] = round(t_ours / result["wall_s_ants_build_template"], 3)
+        result["ratio_full_run_over_ants"] = round(t_full / result["wall_s_ants_build_template"], 3)
+    result["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result, indent=2))
     (args.out / "result.json").write_text(json.dumps(result, indent=2))
+
+
+def run_ants(args, cfg: dict, normalised, labels, to_ref) -> dict:
+    """``ants.build_template`` on the same normalised images with the same SyN settings
+    (2 ITK threads, this process): wall and CPU seconds, peak RSS of this process, and
+    the same Dice and folding measures as ours (labels carried through the subject's
+    normalisation affine ``to_ref``, ANTs' affine and warp)."""
+    import ants
+
+    syn = cfg["template"]["syn"]
+    images = [ants.image_read(str(p)) for p in normalised]
+    ants_dir = args.out / "ants"
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(os.cpu_count())
+    c0, t0 = cpu_seconds(resource.RUSAGE_SELF), time.perf_counter()
+    template = ants.build_template(
+        image_list=images,
+        iterations=args.syn_iterations,
+        gradient_step=cfg["template"]["gradient_step"],
+        output_dir=str(ants_dir),
+        type_of_transform="SyN",
+        syn_metric=syn["metric"],
+        syn_sampling=syn["metric_param"],
+        reg_iterations=tuple(syn["iterations"]),
+        grad_step=syn["syn_gradient_step"],
+        flow_sigma=syn["flow_sigma"],
+        total_sigma=syn["total_sigma"],
+    )
+    wall = time.perf_counter() - t0
+    cpu = cpu_seconds(resource.RUSAGE_SELF) - c0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = [ants_dir / f"img{k:04d}" for k in range(len(images))]
+    transforms = [
+        [str(o / "out1Warp.nii.gz"), str(o / "out0GenericAffine.mat"), r]
+        for o, r in zip(out, to_ref, strict=True)
+    ]
+    return {
+        "wall_s_ants_build_template": round(wall, 1),
+        "cpu_s_ants_build_template": round(cpu, 1),
+        "s_per_subject_per_iteration_ants": round(wall / len(images) / args.syn_iterations, 2),
+        "peak_rss_mb_ants": round(peak),
+        "dice_ants_build_template": round(
+            mean_pairwise_dice(carry_labels(template, labels, transforms)), 4
+        ),
+        "nonpositive_jacobian_pct_ants": round(
+            folding_pct(template, [str(o / "out1Warp.nii.gz") for o in out]), 4
+        ),
+    }
 
 
 if __name__ == "__main__":

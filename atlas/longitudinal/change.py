@@ -5,7 +5,10 @@ single-subject template (SST) occupies in session ``s`` is the integral of the J
 determinant of the SST -> session map over the structure (Jacobian integration; Ashburner &
 Friston 2000, Hua et al. 2013, as in the ANTs longitudinal pipeline, Tustison et al. 2019).
 Every session is measured with the same labels up to the deformation, so label noise cancels
-in the change (Reuter et al. 2012).
+in the change (Reuter et al. 2012). :func:`jacobian_integration` is that measure for one
+session from its session -> SST transform files: the workflow's session job, the one-process
+SST of tests and benchmarks (:mod:`atlas.longitudinal.sst`) and the benchmark's naive route
+all go through it.
 """
 
 from __future__ import annotations
@@ -66,6 +69,32 @@ def jacobian_volumes(
         m = np.isin(dseg, table.loc[classes == tissue, "index"].astype(int))
         rows.append((pd.NA, f"total_{tissue}", *_integrate(jac, log_jac, m, voxel_mm3)))
     return pd.DataFrame(rows, columns=["label", "name", "volume_mm3", "mean_log_jacobian"])
+
+
+def jacobian_integration(domain, affine, warp, dseg: np.ndarray, table: pd.DataFrame):
+    """Volumes of the labelled structures of ``domain`` in one session (Jacobian integration).
+
+    Parameters
+    ----------
+    domain : ``ants.ANTsImage`` on whose grid the labels live (the SST).
+    affine, warp : the session -> SST registration's affine (``.mat``) and warp files, i.e.
+        the forward transform list ``[warp, affine]`` mapping a ``domain`` point ``x`` to
+        ``A(x + u(x))`` in the session.
+    dseg : integer labels on the ``domain`` grid; ``table`` : label table (``index``,
+        ``name``, optional ``class``), as :func:`jacobian_volumes`.
+
+    Returns
+    -------
+    ``(volumes, det, log_jac)``: the :func:`jacobian_volumes` table, the Jacobian determinant
+    of the warp (ANTs ``CreateJacobianDeterminantImage``) and the log-Jacobian of the whole map
+    (:func:`log_jacobian`, the affine's determinant included), both arrays on ``domain``.
+    """
+    from ..registration import jacobian_determinant_image, read_affine_ras
+
+    det = jacobian_determinant_image(domain, warp).numpy()
+    lj = log_jacobian(det, read_affine_ras(affine)[:3, :3])
+    volumes = jacobian_volumes(lj, dseg, table, float(np.prod(domain.spacing)))
+    return volumes, det, lj
 
 
 def _integrate(jac, log_jac, mask, voxel_mm3) -> tuple[float, float]:

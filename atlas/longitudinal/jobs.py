@@ -14,33 +14,47 @@ import pandas as pd
 
 from .. import io, metrics, qc
 from ..preprocess import foreground_mask
-from ..registration import TransformChain, jacobian_determinant_image, read_affine_ras
+from ..registration import TransformChain
 from ..segmentation.labels import read_label_table
 from ..segmentation.volumes import image_volumes
-from .change import change_table, jacobian_volumes, log_jacobian
+from .change import change_table, jacobian_integration
 from .models import fit_structures
 
 __all__ = ["sst_final", "session", "group"]
 
 
-def sst_final(*, template, warped, out_sst, out_figure, subject, sessions):
+def sst_final(
+    *, template, warped, masks, affines, warps, out_sst, out_mask, out_figure, subject, sessions
+):
     """Write the final SST of one subject (``template``: the last SST iteration) under its
-    BIDS name and a montage of its sessions (``warped``: each resampled onto the SST by the
-    last iteration; ``sessions``: their labels) above the SST (PNG, :func:`atlas.qc.mosaic`)."""
+    BIDS name, its brain mask, and a montage of its sessions (``warped``: each resampled onto
+    the SST by the last iteration; ``sessions``: their labels) above the SST (PNG,
+    :func:`atlas.qc.mosaic`).
+
+    The mask holds the SST voxels inside at least half of the sessions' brain masks
+    (``masks``) carried onto the SST by the last iteration's ``affines`` and ``warps``
+    (nearest label), as the population template's mask from its images' masks; it is the
+    fusion mask of the SST's multi-atlas segmentation."""
     sst = io.read_image(template)
-    io.write_image(sst, out_sst)
+    inside = [
+        _apply(sst, io.read_image(m), TransformChain.forward(a, w), "genericLabel").numpy() > 0
+        for m, a, w in zip(masks, affines, warps, strict=True)
+    ]
+    mask = sst.new_image_like((np.mean(inside, axis=0) >= 0.5).astype("float32"))
     vols = [io.read_image(p).numpy() for p in warped] + [sst.numpy()]
     labels = [f"sub-{subject} ses-{s}" for s in sessions] + [f"sub-{subject} SST"]
+    io.write_all([(io.write_image, sst, out_sst), (io.write_image, mask, out_mask)])
     qc.mosaic(vols, labels, out_figure)
 
 
 def _chains(affine, warp, inverse_warp, sst_affine, sst_warp, sst_inverse_warp):
-    """Session -> template (one list) and template -> SST -> session chains."""
+    """Session -> SST, session -> template (one list), template -> SST, SST -> session and
+    template -> SST -> session chains."""
     to_sst = TransformChain.forward(affine, warp)
     to_tpl = to_sst.then(TransformChain.forward(sst_affine, sst_warp))
     tpl_to_sst = TransformChain.inverse(sst_affine, sst_inverse_warp)
-    tpl_to_ses = tpl_to_sst.then(TransformChain.inverse(affine, inverse_warp))
-    return to_sst, to_tpl, tpl_to_sst, tpl_to_ses
+    sst_to_ses = TransformChain.inverse(affine, inverse_warp)
+    return to_sst, to_tpl, tpl_to_sst, sst_to_ses, tpl_to_sst.then(sst_to_ses)
 
 
 def _apply(fixed, moving, chain, interpolator="linear"):
@@ -53,15 +67,31 @@ def _apply(fixed, moving, chain, interpolator="linear"):
     )
 
 
-def _session_measures(image, sst, tpl, tpl_dseg, table, files, min_ncc):
-    """Everything one session job computes (images: ``ants.ANTsImage``; ``files``: the six
+def _labels(image, sst, tpl_dseg, sst_dseg, chains):
+    """The labels on the SST and on the session (nearest label). From the SST's own labels
+    (``sst_dseg``) carried SST -> session; else the template's (``tpl_dseg``) carried
+    template -> SST and, in one interpolation, template -> SST -> session."""
+    _, _, tpl_to_sst, sst_to_ses, tpl_to_ses = chains
+    if (tpl_dseg is None) == (sst_dseg is None):
+        raise ValueError("give exactly one of template_dseg and sst_dseg")
+    if sst_dseg is not None:
+        return sst_dseg, _apply(image, sst_dseg, sst_to_ses, "genericLabel")
+    return (
+        _apply(sst, tpl_dseg, tpl_to_sst, "genericLabel"),
+        _apply(image, tpl_dseg, tpl_to_ses, "genericLabel"),
+    )
+
+
+def _session_measures(image, sst, tpl, dsegs, table, files, min_ncc):
+    """Everything one session job computes (images: ``ants.ANTsImage``; ``dsegs``: the
+    template's and the SST's labels, one of them None (:func:`_labels`); ``files``: the six
     transform paths of :func:`_chains`). Returns a dict of outputs and tables."""
-    to_sst, to_tpl, tpl_to_sst, tpl_to_ses = _chains(*files)
+    chains = _chains(*files)
+    to_sst, to_tpl = chains[:2]
     in_tpl = _apply(tpl, image, to_tpl)  # one interpolation: session -> SST -> template
-    sst_dseg = _apply(sst, tpl_dseg, tpl_to_sst, "genericLabel")
-    ses_dseg = _apply(image, tpl_dseg, tpl_to_ses, "genericLabel")
-    det = jacobian_determinant_image(sst, files[1]).numpy()
-    lj = log_jacobian(det, read_affine_ras(files[0])[:3, :3])
+    sst_dseg, ses_dseg = _labels(image, sst, *dsegs, chains)
+    labels = np.rint(sst_dseg.numpy()).astype(np.int64)
+    jac, det, lj = jacobian_integration(sst, files[0], files[1], labels, table)
     fg = foreground_mask(sst).numpy() > 0
     ncc = metrics.ncc(_apply(sst, image, to_sst).numpy(), sst.numpy(), fg)
     pct_bad = float(100.0 * np.mean(det[fg] <= 0))
@@ -69,14 +99,14 @@ def _session_measures(image, sst, tpl, tpl_dseg, table, files, min_ncc):
     if not np.isfinite(ncc) or ncc < min_ncc:
         reason = f"registration to the SST failed QC (NCC {ncc:.3f} < {min_ncc})"
     lj_img = sst.new_image_like(np.where(np.isfinite(lj), lj, 0.0).astype("float32"))
-    labels = np.rint(sst_dseg.numpy()).astype(np.int64)
-    jac = jacobian_volumes(lj, labels, table, float(np.prod(sst.spacing))).assign(method="jacobian")
     lab = image_volumes(np.rint(ses_dseg.numpy()), image.spacing, table, "x").drop(columns="img")
     return {
         "in_tpl": in_tpl,
         "dseg": ses_dseg,
         "logjac_tpl": _apply(tpl, lj_img, TransformChain.forward(files[3], files[4])),
-        "volumes": pd.concat([jac, lab.assign(method="labels")], ignore_index=True),
+        "volumes": pd.concat(
+            [jac.assign(method="jacobian"), lab.assign(method="labels")], ignore_index=True
+        ),
         "qc": {"ncc": ncc, "pct_nonpositive_jacobian": pct_bad, "reason": reason},
     }
 
@@ -92,7 +122,6 @@ def session(
     sst_warp,
     sst_inverse_warp,
     template,
-    template_dseg,
     label_table,
     out_affine,
     out_warp,
@@ -104,27 +133,32 @@ def session(
     out_qc,
     img,
     min_ncc,
+    template_dseg=None,
+    sst_dseg=None,
 ):
     """One session of a longitudinal subject, measured through its SST.
 
     Writes the session -> SST transforms (last SST iteration) under BIDS names; the session
     resampled into the population template with the composed list session -> SST ->
-    template (one interpolation, :meth:`TransformChain.then`); the template's labels
-    (``template_dseg``, ``label_table``) carried template -> SST -> session in one
-    nearest-label interpolation; the log-Jacobian of the SST -> session map (ANTs
-    ``CreateJacobianDeterminantImage`` of the warp times the affine's determinant:
-    > 0 where the session is larger than the SST) resampled into the template; volumes
-    (method ``jacobian``: Jacobian integration over the SST labels; ``labels``: voxel count
-    of the session's labels, mm^3) with the per-structure mean log-Jacobian; and a QC row
-    (NCC session vs SST in the SST foreground, % non-positive Jacobian, failure ``reason``
-    when NCC < ``min_ncc``).
+    template (one interpolation, :meth:`TransformChain.then`); the labels (``label_table``)
+    on the session in one nearest-label interpolation: the SST's multi-atlas segmentation
+    (``sst_dseg``) carried SST -> session, or, without atlases, the template's labels
+    (``template_dseg``) carried template -> SST -> session (exactly one is given); the
+    log-Jacobian of the SST -> session map (ANTs ``CreateJacobianDeterminantImage`` of the
+    warp times the affine's determinant: > 0 where the session is larger than the SST)
+    resampled into the template; volumes (method ``jacobian``: Jacobian integration over the
+    SST's labels, :func:`atlas.longitudinal.change.jacobian_integration`; ``labels``: voxel
+    count of the session's labels, mm^3) with the per-structure mean log-Jacobian; and a QC
+    row (NCC session vs SST in the SST foreground, % non-positive Jacobian, failure
+    ``reason`` when NCC < ``min_ncc``).
     """
     files = (affine, warp, inverse_warp, sst_affine, sst_warp, sst_inverse_warp)
+    dsegs = [None if p is None else io.read_image(p) for p in (template_dseg, sst_dseg)]
     m = _session_measures(
         io.read_image(image),
         io.read_image(sst),
         io.read_image(template),
-        io.read_image(template_dseg),
+        dsegs,
         read_label_table(label_table),
         files,
         float(min_ncc),

@@ -123,12 +123,68 @@ def sst_params(k: int, lcfg: dict, tcfg: dict) -> dict:
     """Registration settings of SST iteration ``k`` for :func:`atlas.registration.register`:
     the population template's ``template.affine`` stage with ``transform`` Rigid or Affine,
     or ``template.affine`` updated by ``template.syn`` and then by ``longitudinal.sst.syn``
-    with ``transform="SyN"``."""
+    with ``transform="SyN"``; plus ``greedy`` = ``longitudinal.greedy`` (read by the greedy
+    backend only, ``longitudinal.backend``; ``{}`` = :data:`atlas.registration.greedy.DEFAULTS`).
+    """
+    greedy = dict(lcfg.get("greedy") or {})
     kind = sst_stage(k, lcfg)
     if kind == "syn":
         syn = {**tcfg["syn"], **lcfg["sst"].get("syn", {})}
-        return dict(tcfg["affine"], **syn, transform="SyN")
-    return dict(tcfg["affine"], transform=kind.capitalize())
+        return dict(tcfg["affine"], **syn, transform="SyN", greedy=greedy)
+    return dict(tcfg["affine"], transform=kind.capitalize(), greedy=greedy)
+
+
+def sst_to_template_params(lcfg: dict, tcfg: dict) -> dict:
+    """Settings of the one registration of an SST to the population template: those of the
+    template's last iteration (:func:`atlas.template.plan.stage_params`, full SyN schedule)
+    with ``greedy`` = ``longitudinal.greedy``, like the SST's own registrations."""
+    from ..template.plan import last_iteration, stage_params
+
+    return stage_params(last_iteration(tcfg), tcfg) | {"greedy": dict(lcfg.get("greedy") or {})}
+
+
+def backend(lcfg: dict) -> str:
+    """Registration engine of the SST registrations and of SST -> template
+    (``longitudinal.backend``, default ``ants``: the engine the stage's accuracy and
+    reliability were measured with, whatever ``template.backend`` is)."""
+    return lcfg.get("backend") or "ants"
+
+
+def sst_atlases(seg_plan, plan: LongitudinalPlan | None, bids_dir) -> dict[str, list[str]] | None:
+    """Atlases that label each subject's SST by multi-atlas segmentation (template route).
+
+    Parameters
+    ----------
+    seg_plan : :class:`atlas.segmentation.plan.SegmentationPlan`, or None without atlases.
+    plan : the longitudinal plan (None: the stage is off).
+    bids_dir : the workflow's BIDS root (the sessions' dataset).
+
+    Returns
+    -------
+    subject -> atlas ids (atlas order): the atlases allowed to label every one of its
+    sessions (:func:`atlas.segmentation.plan.image_atlases`: never one of the subject's own
+    scans); None when there are no atlases or no longitudinal subjects (the SSTs then get the
+    template's labels carried back).
+
+    Raises
+    ------
+    InputError naming ``segmentation.atlases`` when no atlas is left for a subject.
+    """
+    from ..segmentation.plan import image_atlases
+
+    if seg_plan is None or plan is None:
+        return None
+    allowed = image_atlases(seg_plan.labelled, plan.sessions, bids_dir)
+    out = {}
+    for subject in plan.subjects:
+        imgs = plan.imgs(subject)
+        out[subject] = [a for a in allowed[imgs[0]] if all(a in allowed[i] for i in imgs)]
+        if not out[subject]:
+            raise InputError(
+                f"config key segmentation.atlases: no atlas left to label the SST of "
+                f"sub-{subject} (every atlas is one of its sessions' subject or scan)"
+            )
+    return out
 
 
 def n_sst_iterations(lcfg: dict) -> int:

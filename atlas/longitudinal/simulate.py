@@ -36,6 +36,10 @@ class SimulatedPair:
     baseline, followup : ``ants.ANTsImage`` (float32, the grid of the input scan).
     labels : the input labels moved with the baseline (nearest label), on the same grid.
     true_structure_pct, true_brain_pct : the exact % volume change follow-up vs baseline.
+    true_log_ratio : the simulated deformation's log volume ratio follow-up / baseline
+        (``-log det(I + grad u)``) moved with the baseline (linear), on its grid: what a
+        registration would recover exactly (to first order in ``u``; uniform over the
+        structure's ball, so exact there).
     """
 
     baseline: object
@@ -43,6 +47,7 @@ class SimulatedPair:
     labels: object
     true_structure_pct: float
     true_brain_pct: float
+    true_log_ratio: object = None
 
 
 def _ras_affine(image) -> np.ndarray:
@@ -135,11 +140,14 @@ def simulate_followup(
     """
     import ants
 
+    from ..metrics import jacobian_determinant
     from ..registration.transforms import write_warp
 
     u, true_s, true_b = shrink_displacement(
         labels.numpy(), base.spacing, structure, structure_pct, brain_pct
     )
+    sp = np.asarray(base.spacing, dtype=float)
+    log_ratio = -np.log(jacobian_determinant(u * sp, sp)).astype("float32")
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="atlas-sim-") as tmp:
         warp = str(write_warp(u, _ras_affine(base), Path(tmp) / "warp.nii.gz"))
@@ -155,6 +163,7 @@ def simulate_followup(
             ants.write_transform(tx, rigid[-1])
         baseline = ants.apply_transforms(base, base, [rigid[0]])
         moved_labels = ants.apply_transforms(base, labels, [rigid[0]], interpolator="genericLabel")
+        moved_ratio = ants.apply_transforms(base, base.new_image_like(log_ratio), [rigid[0]])
         followup = ants.apply_transforms(base, base, [warp, rigid[1]])
     lab = labels.numpy()
     scale = float(np.median(base.numpy()[lab > 0]))
@@ -163,4 +172,6 @@ def simulate_followup(
         arr = img.numpy()
         arr = arr + rng.normal(0, noise * scale, arr.shape) * (arr > 0)
         noisy.append(img.new_image_like(arr.astype("float32")))
-    return SimulatedPair(noisy[0], noisy[1], moved_labels, float(true_s), float(true_b))
+    return SimulatedPair(
+        noisy[0], noisy[1], moved_labels, float(true_s), float(true_b), moved_ratio
+    )

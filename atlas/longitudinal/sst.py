@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..registration.jobs import register_to_template
 from ..template import jobs as tjobs
-from .plan import n_sst_iterations, sst_params, sst_stage
+from .plan import backend, n_sst_iterations, sst_params, sst_stage
 
 
 def build_sst(
@@ -26,7 +26,8 @@ def build_sst(
     ----------
     images : session image files.
     workdir : folder for every iteration's files (created).
-    lcfg : ``longitudinal`` config (``sst.affine_iterations``, ``sst.syn_iterations``).
+    lcfg : ``longitudinal`` config (``sst.affine_iterations``, ``sst.syn_iterations``,
+        ``sst.syn``, ``backend``, ``greedy``).
     tcfg : ``template`` config (``affine``, ``syn``, ``average``, ``gradient_step``,
         ``sharpen``).
     initial_affines : per image, an affine to start from (the workflow's normalisation);
@@ -67,6 +68,7 @@ def build_sst(
                 out_affine=it(k, f"{i}_affine.mat"),
                 out_warped=it(k, f"{i}_warped.nii.gz"),
                 params=sst_params(k, lcfg, tcfg),
+                backend=backend(lcfg),
                 **extra,
             )
         tjobs.update(
@@ -91,25 +93,27 @@ def build_sst(
     }
 
 
-def sst_percent_change(
+def sst_measure(
     images, labels, workdir, lcfg: dict, tcfg: dict, labelled: int = 0, **kwargs
-) -> pd.Series:
-    """% volume change from ``images[0]`` to ``images[1]`` of every structure, through an SST.
+) -> dict:
+    """Volumes of every structure in each of ``images`` through their SST.
 
-    The SST of the two images (:func:`build_sst`; ``kwargs``: its ``initial_affines`` and
+    The SST of the images (:func:`build_sst`; ``kwargs``: its ``initial_affines`` and
     ``init_images``), the labels of image ``labelled`` (``labels``: a label image on its
     grid) carried to the SST (nearest label, through that image's last-iteration
     transforms), and each image's volumes by Jacobian integration of SST -> image over them
-    (:func:`atlas.longitudinal.change.jacobian_volumes`, as the workflow's session job).
+    (:func:`atlas.longitudinal.change.jacobian_integration`, as the workflow's session job).
 
     Returns
     -------
-    Series indexed by label id (as a string) and ``total_brain``: ``100 (V1 / V0 - 1)``.
+    dict with ``sst`` (``ants.ANTsImage``), ``dseg`` (integer labels on it), ``volumes``
+    (per image, a Series of mm^3 indexed by label id as a string and ``total_brain``),
+    ``log_jacobians`` (per image, the SST -> image log-Jacobian on the SST) and
+    ``transforms`` (:func:`build_sst`'s dict).
     """
     import ants
 
-    from ..registration import jacobian_determinant_image, read_affine_ras
-    from .change import jacobian_volumes, log_jacobian
+    from .change import jacobian_integration
 
     out = build_sst(images, workdir, lcfg, tcfg, **kwargs)
     sst = ants.image_read(str(out["sst"]))
@@ -122,10 +126,28 @@ def sst_percent_change(
     lab = np.rint(lab).astype(np.int64)
     ids = np.unique(lab[lab > 0])
     table = pd.DataFrame({"index": ids, "name": [str(i) for i in ids]})
-    vols = []
-    for affine, warp in zip(out["affines"], out["warps"], strict=True):
-        det = jacobian_determinant_image(sst, warp).numpy()
-        lj = log_jacobian(det, read_affine_ras(affine)[:3, :3])
-        v = jacobian_volumes(lj, lab, table, float(np.prod(sst.spacing)))
-        vols.append(v.set_index("name").volume_mm3.astype(float))
+    measured = [
+        jacobian_integration(sst, affine, warp, lab, table)
+        for affine, warp in zip(out["affines"], out["warps"], strict=True)
+    ]
+    return {
+        "sst": sst,
+        "dseg": lab,
+        "volumes": [m[0].set_index("name").volume_mm3.astype(float) for m in measured],
+        "log_jacobians": [m[2] for m in measured],
+        "transforms": out,
+    }
+
+
+def sst_percent_change(
+    images, labels, workdir, lcfg: dict, tcfg: dict, labelled: int = 0, **kwargs
+) -> pd.Series:
+    """% volume change from ``images[0]`` to ``images[1]`` of every structure, through an SST
+    (:func:`sst_measure`, same arguments).
+
+    Returns
+    -------
+    Series indexed by label id (as a string) and ``total_brain``: ``100 (V1 / V0 - 1)``.
+    """
+    vols = sst_measure(images, labels, workdir, lcfg, tcfg, labelled, **kwargs)["volumes"]
     return 100 * (vols[1] / vols[0] - 1)

@@ -17,7 +17,8 @@ Backends (:data:`BACKENDS`) are modules with the same functions:
   returning forward and inverse :class:`TransformChain`.
 
 ``ants`` (antspyx) is the reference backend; ``greedy`` (picsl-greedy, Greedy's Python API on
-SimpleITK images in memory) writes the same files (:mod:`atlas.registration.greedy`).
+SimpleITK images in memory) and ``fireants`` (FireANTs on torch, CUDA when available) write the
+same files (:mod:`atlas.registration.greedy`, :mod:`atlas.registration.fireants`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ from .transforms import (
 )
 
 #: Registration backends by config name -> module implementing the interface above.
-BACKENDS = {"ants": "atlas.registration.ants", "greedy": "atlas.registration.greedy"}
+BACKENDS = {
+    "ants": "atlas.registration.ants",
+    "fireants": "atlas.registration.fireants",
+    "greedy": "atlas.registration.greedy",
+}
 
 
 def backend(name: str = "ants") -> ModuleType:
@@ -88,15 +93,25 @@ def set_determinism(seed: int, threads: int) -> None:
         sys.modules["ants"].config._random_seed = int(seed)
 
 
+def uses_gpu(block) -> bool:
+    """Whether the registrations of a config block with a ``backend`` key (``template``,
+    ``segmentation.registration``) run on a GPU: the fireants backend with
+    ``fireants.device: cuda``. Their rules then request the Snakemake resource ``gpu=1``
+    (``auto`` requests none: it uses a GPU only where the job finds one)."""
+    fire = block.get("fireants") or {}
+    return block.get("backend") == "fireants" and fire.get("device") == "cuda"
+
+
 def preset_kwargs(registration) -> dict:
     """:func:`register_preset` keywords of a config block ``{transform, iterations, backend,
-    greedy}`` (``segmentation.registration``): ``iterations`` are the ANTs SyN iterations,
-    the greedy backend reads the ``greedy`` block (:data:`atlas.registration.greedy.DEFAULTS`
+    greedy, fireants}`` (``segmentation.registration``): ``iterations`` are the ANTs SyN
+    iterations, the greedy and fireants backends read their own block
+    (:data:`atlas.registration.greedy.DEFAULTS`, :data:`atlas.registration.fireants.DEFAULTS`
     for missing keys). A block without ``backend`` is ANTs."""
     name = registration.get("backend", "ants")
     kw = {"type_of_transform": registration["transform"], "backend_name": name}
-    if name == "greedy":
-        kw["greedy"] = dict(registration.get("greedy") or {})
+    if name in ("greedy", "fireants"):
+        kw[name] = dict(registration.get(name) or {})
     else:
         kw["reg_iterations"] = registration["iterations"]
     return kw
@@ -120,6 +135,7 @@ __all__ = [
     "backend",
     "check_stage",
     "jacobian_determinant_image",
+    "uses_gpu",
     "preset_kwargs",
     "read_affine_ras",
     "read_warp",

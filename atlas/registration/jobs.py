@@ -1,9 +1,10 @@
 """Job functions of registration steps that several stages' rules call (one Snakemake job
 each; ``params.step = "registration.<function>"``).
 
-Kept apart from the stage packages so that a job of the greedy backend loads neither ANTs
-(``import ants``: ~3 s per job on 2 cores) nor the stage's averaging and plotting code:
-its images are read and written with SimpleITK and resampled by Greedy.
+Kept apart from the stage packages so that a job of the greedy (or fireants) backend loads
+neither ANTs (``import ants``: ~3 s per job on 2 cores) nor the stage's averaging and
+plotting code: its images are read and written with SimpleITK and resampled by Greedy (or
+FireANTs).
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ def register_to_template(
     ``initial_affine``: affine to start from (None: centre-of-mass alignment; the
     longitudinal stage registers a subject's SST, already on the template's grid, this
     way). ``backend``: the registration engine (config ``template.backend``, a name of
-    :data:`atlas.registration.BACKENDS`); ``greedy`` runs on SimpleITK images throughout.
+    :data:`atlas.registration.BACKENDS`); ``greedy`` and ``fireants`` run on SimpleITK images
+    throughout.
     Writes the transforms (ANTs formats) and the image resampled onto the template
     (linear interpolation, float32)."""
     from . import register
 
-    if backend == "greedy":
+    if backend in ("greedy", "fireants"):
         read, write = io.read_sitk, io.write_sitk
     else:
         read, write = io.read_image, io.write_image

@@ -155,6 +155,135 @@ def write_affine_ras(matrix_ras, path) -> Path:
     return Path(path)
 
 
+def invert_warp(warp, iterations: int = 20):
+    """Inverse of a displacement field by ITK's fixed-point iteration
+    (``InvertDisplacementFieldImageFilter``, the inversion ANTs uses; Chen et al. 2008,
+    "A simple fixed-point approach to invert a deformation field", Med Phys 35(1)).
+
+    Parameters
+    ----------
+    warp : SimpleITK vector image, displacement in mm (LPS components) on the fixed grid.
+    iterations : at most this many fixed-point steps; stops earlier when the largest
+        residual is under 0.1 mm and the mean under 0.001 mm.
+
+    Returns
+    -------
+    The inverse field on the same grid (SimpleITK, float64 vectors); the greedy and fireants
+    backends' inverse warps. On a 2 mm IXI pair (one thread) it took 1.6 s where Greedy's
+    ``-oinv`` (root and exponentiation, ``-exp 6``) took ~4.7 s, and ``inverse o forward`` was
+    closer to the identity inside the brain (mean residual 0.07 mm, 99th percentile 0.22 mm,
+    against 0.13 and 0.80 mm).
+    """
+    import SimpleITK as sitk
+
+    return sitk.InvertDisplacementField(
+        sitk.Cast(warp, sitk.sitkVectorFloat64),
+        maximumNumberOfIterations=int(iterations),
+        maxErrorToleranceThreshold=0.1,
+        meanErrorToleranceThreshold=0.001,
+        enforceBoundaryCondition=True,
+    )
+
+
+def write_sitk_warp(field, path) -> None:
+    """Write a SimpleITK displacement field (mm, LPS components) as float32 vectors,
+    atomically (the greedy and fireants backends' warps)."""
+    import SimpleITK as sitk
+
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(sitk.Cast(field, sitk.sitkVectorFloat32), str(tmp))
+
+
+def warped_by(fixed, moving, affine_path, warp_path=None):
+    """``moving`` (``ants.ANTsImage``) resampled onto ``fixed`` through an affine and an
+    optional warp file (``ants.apply_transforms``, linear)."""
+    import ants
+
+    transforms = [str(affine_path)] if warp_path is None else [str(warp_path), str(affine_path)]
+    return ants.apply_transforms(fixed, moving, transforms)
+
+
+def register_stage(
+    run, key, fixed, moving, params, affine_out, warp_out, inverse_warp_out, initial_transform
+):
+    """``register`` of a backend (:mod:`atlas.registration`) from its ``run`` function:
+    ``run(fixed, moving, *, dof, deformable, inverse, settings, initial, reslice)`` returns
+    ``(affine_ras, warp, inverse_warp)`` (SimpleITK fields or None), plus the resampled
+    moving image with ``reslice``; ``params[key]`` are the backend's settings. Writes the
+    ANTs files and returns ``moving`` on the ``fixed`` grid (the backend's resampling for
+    SimpleITK images, which then never load ANTs; ``ants.apply_transforms`` otherwise).
+
+    Raises
+    ------
+    ValueError for an unknown transform or a SyN stage without ``warp_out``
+    (:func:`atlas.registration.check_stage`).
+    """
+    from . import check_stage
+
+    transform = check_stage(params, warp_out, inverse_warp_out)
+    in_memory = type(fixed).__module__.startswith("SimpleITK")
+    affine, warp, inverse, *resliced = run(
+        fixed,
+        moving,
+        dof=6 if transform == "Rigid" else 12,
+        deformable=transform == "SyN",
+        inverse=inverse_warp_out is not None,
+        settings=params.get(key),
+        initial=read_affine_ras(initial_transform) if initial_transform else None,
+        reslice=in_memory,
+    )
+    write_affine_ras(affine, affine_out)
+    if transform == "SyN":
+        write_sitk_warp(warp, warp_out)
+    if inverse_warp_out is not None:
+        write_sitk_warp(inverse, inverse_warp_out)
+    if in_memory:
+        return resliced[0]
+    return warped_by(fixed, moving, affine_out, warp_out if transform == "SyN" else None)
+
+
+def register_preset_with(
+    run, fixed, moving, outprefix, type_of_transform, *, settings, reg_iterations, **kwargs
+) -> Registration:
+    """``register_preset`` of a backend from its ``run`` function (:func:`register_stage`;
+    ``kwargs``: ``fixed_mask``, ``seed``): ``"Rigid"`` (6 dof), ``"Affine"`` or any SyN-family
+    preset (affine then deformable, forward and inverse fields), files under ``outprefix``
+    with ANTs' names (``0GenericAffine.mat``, ``1Warp.nii.gz``, ``1InverseWarp.nii.gz``);
+    ``reg_iterations`` (if given) replaces ``settings["iterations"]``.
+
+    Raises
+    ------
+    ValueError when ``outprefix`` is empty or its directory does not exist.
+    """
+    if not outprefix or not Path(outprefix).parent.is_dir():
+        raise ValueError(f"outprefix {outprefix!r} must lie in an existing directory")
+    settings = dict(settings or {})
+    if reg_iterations is not None:
+        settings["iterations"] = list(reg_iterations)
+    deformable = "SyN" in type_of_transform
+    affine, warp, inverse = run(
+        fixed,
+        moving,
+        dof=6 if type_of_transform == "Rigid" else 12,
+        deformable=deformable,
+        settings=settings,
+        **kwargs,
+    )
+    aff = f"{outprefix}0GenericAffine.mat"
+    write_affine_ras(affine, aff)
+    if not deformable:
+        chains = TransformChain.forward(aff), TransformChain.inverse(aff)
+        return Registration(*chains, warped=warped_by(fixed, moving, aff))
+    fwd, inv = f"{outprefix}1Warp.nii.gz", f"{outprefix}1InverseWarp.nii.gz"
+    write_sitk_warp(warp, fwd)
+    write_sitk_warp(inverse, inv)
+    return Registration(
+        forward=TransformChain.forward(aff, fwd),
+        inverse=TransformChain.inverse(aff, inv),
+        warped=warped_by(fixed, moving, aff, fwd),
+    )
+
+
 def forward_transform_sitk(affine_path, warp_path=None):
     """The SimpleITK transform of an ANTs forward list ``[warp, affine]`` (files; the
     affine alone without ``warp_path``): a fixed-space point ``x`` maps to ``A(x + u(x))``

@@ -41,24 +41,31 @@ def coarse_schedule(iterations) -> list[int]:
 def stage_params(k: int, tcfg: dict) -> dict:
     """Registration settings of iteration ``k`` for :func:`atlas.registration.register`:
     ``template.affine`` with ``transform="Affine"``, or ``template.affine`` updated by
-    ``template.syn`` with ``transform="SyN"``; plus ``greedy`` = ``template.greedy`` (read by
-    the greedy backend only, :mod:`atlas.registration.greedy`).
+    ``template.syn`` with ``transform="SyN"``; plus ``greedy`` = ``template.greedy`` and
+    ``fireants`` = ``template.fireants`` (read by those backends only,
+    :mod:`atlas.registration.greedy`, :mod:`atlas.registration.fireants`).
 
     With ``template.coarse_to_fine`` (default true), SyN iterations before the last skip
-    the finest level of their schedule (:func:`coarse_schedule` of ``template.syn.iterations``
-    and ``template.greedy.iterations``): early iterations only move the template towards the
-    population centre, which the coarse levels do; the last iteration, whose transforms
-    are the final ones, runs the full schedule. A cost-saving of the multi-resolution
+    the finest level of their schedule (:func:`coarse_schedule` of ``template.syn.iterations``,
+    ``template.greedy.iterations`` and ``template.fireants.iterations``): early iterations
+    only move the template towards the population centre, which the coarse levels do; the
+    last iteration, whose transforms are the final ones, runs the full schedule. A
+    cost-saving of the multi-resolution
     template construction of ``antsMultivariateTemplateConstruction2.sh`` practice
     (Avants et al. 2010), measured in ``benchmarks/template_ixi.py``.
     """
+    from ..registration import fireants
     from ..registration.greedy import DEFAULTS
 
     greedy = dict(tcfg.get("greedy") or {})
+    fire = dict(tcfg.get("fireants") or {})
     if stage(k, tcfg["affine_iterations"]) == "affine":
-        return dict(tcfg["affine"], transform="Affine", greedy=greedy)
-    params = dict(tcfg["affine"], **tcfg["syn"], transform="SyN", greedy=greedy)
+        return dict(tcfg["affine"], transform="Affine", greedy=greedy, fireants=fire)
+    params = dict(tcfg["affine"], **tcfg["syn"], transform="SyN", greedy=greedy, fireants=fire)
     if tcfg.get("coarse_to_fine", True) and int(k) < last_iteration(tcfg):
         params["iterations"] = coarse_schedule(params["iterations"])
         greedy["iterations"] = coarse_schedule(greedy.get("iterations", DEFAULTS["iterations"]))
+        fire["iterations"] = coarse_schedule(
+            fire.get("iterations", fireants.DEFAULTS["iterations"])
+        )
     return params

@@ -1,8 +1,9 @@
 """The SLURM profile's requests, from a dry run of the Snakefile (no daemons needed).
 
-The dry run plans the demo cohort with the learned atlas on a GPU; the resources it
-prints for the training job are turned into the sbatch arguments by the plugin's own
-functions (snakemake-executor-plugin-slurm), as a submission would.
+The dry run plans the demo cohort with the learned atlas and the template's FireANTs
+registrations on a GPU; the resources it prints for the training job are turned into the
+sbatch arguments by the plugin's own functions (snakemake-executor-plugin-slurm), as a
+submission would.
 """
 
 import re
@@ -31,9 +32,10 @@ def _dry_run(tmp: Path, config: dict) -> str:
 
 
 def _resources(out: str, rule: str) -> dict:
-    """The resources Snakemake planned for the first job of ``rule``."""
-    block = re.search(rf"^rule {rule}:\n(.*?)\n\n", out, re.M | re.S).group(1)
-    line = re.search(r"^\s+resources: (.*)$", block, re.M).group(1)
+    """The resources Snakemake planned for the first job of ``rule`` (alone, or indented
+    inside a group job of the profile's ``groups``)."""
+    start = re.search(rf"^\s*rule {rule}:$", out, re.M).end()
+    line = re.search(r"^\s+resources: (.*)$", out[start:], re.M).group(1)
     pairs = (kv.split("=", 1) for kv in line.split(", "))
     return {k: int(v) if v.isdigit() else v for k, v in pairs}
 
@@ -46,6 +48,7 @@ def planned(tmp_path_factory):
         "output_dir": str(tmp / "out"),
         "work_dir": str(tmp / "work"),
         "learned": {"enabled": True, "use_gpu": True},
+        "template": {"backend": "fireants", "fireants": {"device": "cuda"}},
         "cluster": {"partition": "cpu", "gpu_partition": "gpu", "cpus_per_gpu": 6},
     }
     return _dry_run(tmp, config)
@@ -66,6 +69,9 @@ def test_gpu_training_job_asks_slurm_for_a_gpu(planned):
     for arg in ("--gpus=1", "--cpus-per-gpu=6", "-p gpu", f"--mem {res['mem_mb']}"):
         assert arg in sbatch, sbatch
     assert "--cpus-per-task" not in sbatch
+    # the template's registrations with fireants.device: cuda ask for a GPU too
+    reg = _resources(planned, "template_register_affine")
+    assert reg["gpu"] == 1 and reg["slurm_partition"] == "gpu" and reg["cpus_per_gpu"] == 6
 
 
 def test_cpu_jobs_use_the_cpu_partition_and_family_sizes(planned):

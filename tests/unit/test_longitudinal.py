@@ -3,6 +3,7 @@ Jacobian-integrated volumes, (annualised) change, the mixed model, session ages 
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +16,15 @@ from atlas.longitudinal.change import (
     log_jacobian,
 )
 from atlas.longitudinal.models import fit_volume_age
-from atlas.longitudinal.plan import plan_longitudinal, sst_params, sst_stage
+from atlas.longitudinal.plan import (
+    LongitudinalPlan,
+    backend,
+    plan_longitudinal,
+    sst_atlases,
+    sst_params,
+    sst_stage,
+    sst_to_template_params,
+)
 from atlas.longitudinal.sessions import session_ages
 
 LCFG = {
@@ -270,3 +279,103 @@ def test_simulated_shrink_has_the_stated_jacobian():
     assert det[45, 45, 45] == pytest.approx(1 / 0.99, rel=1e-9)
     with pytest.raises(ValueError, match="label 7"):
         shrink_displacement(lab, (2.0, 2.0, 2.0), 7, 5.0)
+
+
+def test_sst_registrations_use_the_longitudinal_backend_and_greedy_block():
+    """``longitudinal.backend`` (default ants, not ``template.backend``) and
+    ``longitudinal.greedy`` reach every SST registration and the SST -> template one; the
+    latter runs the template's last (full-schedule) iteration settings."""
+    tcfg = {
+        "affine_iterations": 1,
+        "syn_iterations": 2,
+        "backend": "greedy",
+        "greedy": {"metric": "WNCC", "iterations": [9, 9, 9]},
+        "affine": {"affine_metric": "mattes"},
+        "syn": {"metric": "CC", "iterations": [40, 20, 10]},
+    }
+    assert backend(LCFG) == "ants" and backend(LCFG | {"backend": "greedy"}) == "greedy"
+    for k in range(4):
+        assert sst_params(k, LCFG, tcfg)["greedy"] == {}  # {} = greedy's DEFAULTS
+    lcfg = LCFG | {"greedy": {"iterations": [5, 5, 0]}}
+    assert sst_params(3, lcfg, tcfg)["greedy"] == {"iterations": [5, 5, 0]}
+    p = sst_to_template_params(lcfg, tcfg)
+    assert p["transform"] == "SyN" and p["iterations"] == [40, 20, 10]  # not coarse
+    assert p["greedy"] == {"iterations": [5, 5, 0]}
+    assert sst_to_template_params(LCFG, tcfg)["greedy"] == {}
+
+
+def test_sst_atlases_exclude_every_session_of_the_subject(tmp_path):
+    """An SST is labelled by the atlases allowed for all its sessions: never an atlas of
+    the same subject (a rescan) nor one of its scans; None without atlases (template
+    labels); a subject left without atlases is an error naming segmentation.atlases."""
+    from types import SimpleNamespace
+
+    root = tmp_path / "bids"
+    root.mkdir()
+    paths = {n: tmp_path / f"{n}.nii.gz" for n in ("s1", "s2", "t1", "t2", "x")}
+    sessions = pd.DataFrame(
+        {
+            "subject": ["01", "01", "02", "02"],
+            "session": ["1", "2", "1", "2"],
+            "img": ["sub-01_ses-1", "sub-01_ses-2", "sub-02_ses-1", "sub-02_ses-2"],
+            "path": [str(paths[n]) for n in ("s1", "s2", "t1", "t2")],
+        }
+    )
+    labelled = pd.DataFrame(
+        {
+            "id": ["sub-01_ses-1", "sub-09_ses-1", "ext", "sub-07_ses-1"],
+            "subject": ["01", "09", None, "07"],
+            "dataset": [str(root.resolve())] * 2 + [None, str(root.resolve())],
+            "t1w": [str(paths["x"]), str(paths["x"]), str(paths["t2"]), str(paths["x"])],
+            "role": ["atlas", "atlas", "atlas", "test"],
+        }
+    )
+    long = LongitudinalPlan(sessions)
+    got = sst_atlases(SimpleNamespace(labelled=labelled), long, root)
+    # 01: its own rescan's atlas excluded; 02: the external atlas is its ses-2 file
+    assert got == {"01": ["sub-09_ses-1", "ext"], "02": ["sub-01_ses-1", "sub-09_ses-1"]}
+    assert sst_atlases(None, long, root) is None
+    assert sst_atlases(SimpleNamespace(labelled=labelled), None, root) is None
+    only = labelled.iloc[[0, 3]]
+    with pytest.raises(InputError, match="segmentation.atlases.*sub-01"):
+        sst_atlases(SimpleNamespace(labelled=only), long, root)
+
+
+def test_session_job_label_routes_agree_under_identity_transforms(tmp_path):
+    """The session job measures with the SST's own labels (atlas route: carried SST ->
+    session) or the template's (carried template -> SST -> session); with identity
+    transforms and one grid both give the input labels and the same volumes; exactly one
+    label source must be given."""
+    from atlas.io import write_nifti
+    from atlas.longitudinal import jobs
+    from atlas.registration.transforms import write_affine_ras, write_warp
+
+    n, ras = 20, np.diag([2.0, 2.0, 2.0, 1.0])
+    grid = np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), -1)
+    r = np.linalg.norm(grid - n / 2, axis=-1)
+    image = write_nifti(np.where(r < 7, 100 + 10 * np.cos(r), 0.0), ras, tmp_path / "i.nii.gz")
+    dseg = write_nifti((r < 4).astype(float) + 2 * ((r >= 4) & (r < 7)), ras, tmp_path / "d.nii.gz")
+    (tmp_path / "t.tsv").write_text("index\tname\tclass\n1\tcore\tGM\n2\tshell\tWM\n")
+    aff = write_affine_ras(np.eye(4), tmp_path / "a.mat")
+    warp = write_warp(np.zeros((n, n, n, 3)), ras, tmp_path / "w.nii.gz")
+    files = dict(
+        image=image, affine=aff, warp=warp, inverse_warp=warp, sst=image, sst_affine=aff,
+        sst_warp=warp, sst_inverse_warp=warp, template=image, label_table=tmp_path / "t.tsv",
+        img="sub-01_ses-1", min_ncc=0.5,
+    )  # fmt: skip
+    vols = {}
+    for route in ("template_dseg", "sst_dseg"):
+        out = {
+            f"out_{k}": tmp_path / route / f"{k}.nii.gz"
+            for k in ("affine", "warp", "inverse_warp", "warped", "dseg", "logjacobian")
+        }
+        out |= {f"out_{k}": tmp_path / route / f"{k}.tsv" for k in ("volumes", "qc")}
+        jobs.session(**files, **out, **{route: dseg})
+        written = nib.load(out["out_dseg"]).get_fdata()
+        np.testing.assert_array_equal(written, nib.load(dseg).get_fdata())
+        vols[route] = pd.read_csv(out["out_volumes"], sep="\t")
+    pd.testing.assert_frame_equal(vols["template_dseg"], vols["sst_dseg"])
+    jac = vols["sst_dseg"].set_index(["method", "name"]).volume_mm3
+    assert jac["jacobian", "core"] == pytest.approx(jac["labels", "core"], rel=1e-4)
+    with pytest.raises(ValueError, match="exactly one"):
+        jobs.session(**files, **out)

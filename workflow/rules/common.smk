@@ -7,6 +7,7 @@ from atlas.demo import make_demo_bids
 from atlas.io import InputError
 from atlas.preprocess.plan import preprocess_settings
 from atlas.preprocess.reference import check_reference, reference_space
+from atlas.registration import uses_gpu
 from atlas.template.plan import check_template_config, stage, stage_params
 
 OUT = config["output_dir"]
@@ -119,6 +120,15 @@ def job_resources(family="registration", gpu=False):
     if gpu:
         res["cpus_per_gpu"] = ccfg["cpus_per_gpu"]
     return res
+
+
+def registration_resources(block):
+    """:func:`job_resources` of a registration rule whose engine is set by config ``block``
+    (``template``, ``segmentation.registration``), with ``gpu=1`` when it runs FireANTs on
+    CUDA (:func:`atlas.registration.uses_gpu`)."""
+    gpu = uses_gpu(block)
+    res = job_resources("registration", gpu=gpu)
+    return dict(res, gpu=1) if gpu else res
 
 
 # --- template iterations (stage and stage_params: atlas.template.plan) ---

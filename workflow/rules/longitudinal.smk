@@ -4,7 +4,9 @@
 # registration per job), the SST
 # registered once to the population template, and per session the transforms, labels,
 # volumes and log-Jacobian measured through the composed chain session -> SST -> template
-# (one interpolation). Job functions: atlas/longitudinal/jobs.py; plan:
+# (one interpolation). With atlases, each SST is segmented by the segmentation stage's
+# fusion job (template route: atlas -> template -> SST, one interpolation) and its labels
+# carried to the sessions. Job functions: atlas/longitudinal/jobs.py; plan:
 # atlas/longitudinal/plan.py.
 
 
@@ -52,7 +54,7 @@ rule long_sst_register_linear:
     params:
         step="registration.register_to_template",
         params=lambda w: sst_params(w.k, LCFG, config["template"]),
-        backend=config["template"].get("backend", "ants"),
+        backend=LONG_BACKEND,
     script:
         RUN
 
@@ -98,8 +100,18 @@ rule long_sst_final:
         warped=lambda w: [
             sst_iter(w.sub, SST_LAST, f"{i}_warped.nii.gz") for i in LONG.imgs(w.sub)
         ],
+        masks=lambda w: [
+            subject_file(i, "desc-brain_mask.nii.gz") for i in LONG.imgs(w.sub)
+        ],
+        affines=lambda w: [
+            sst_iter(w.sub, SST_LAST, f"{i}_affine.mat") for i in LONG.imgs(w.sub)
+        ],
+        warps=lambda w: [
+            sst_iter(w.sub, SST_LAST, f"{i}_warp.nii.gz") for i in LONG.imgs(w.sub)
+        ],
     output:
         out_sst=sst_file("{sub}", SST_T1W),
+        out_mask=sst_file("{sub}", SST_MASK),
         out_figure=report(
             f"{FIG}/sub-{{sub}}_desc-sst_mosaic.png",
             caption=f"{REPORT}/longitudinal_sst.rst",
@@ -138,8 +150,34 @@ rule long_sst_to_template:
         **job_resources("registration"),
     params:
         step="registration.register_to_template",
-        params=stage_params(N_ITER - 1, config["template"]),
-        backend=config["template"].get("backend", "ants"),
+        params=sst_to_template_params(LCFG, config["template"]),
+        backend=LONG_BACKEND,
+    script:
+        RUN
+
+
+# The SST as one more target of the segmentation's fusion job (template route whatever
+# segmentation.route is: the atlases' template registrations and the SST's are reused, so
+# segmenting an SST costs no registration).
+rule long_sst_segment:
+    input:
+        unpack(sst_segment_inputs),
+    output:
+        out_dseg=sst_file("{sub}", SST_DSEG),
+        out_qc=f"{LONGW}/sub-{{sub}}/sst_segmentation_qc.tsv",
+    log:
+        f"{OUT}/logs/longitudinal/sub-{{sub}}_sst_segment.log",
+    conda:
+        ENV_ANTS
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources("fusion"),
+    params:
+        fusion=FUSION,
+        step="segmentation.fuse_target",
+        name=lambda w: f"sub-{w.sub} SST",
+        atlas_ids=lambda w: SST_ATLASES[w.sub],
+        tissue_classes=SEG["tissue_classes"],
     script:
         RUN
 

@@ -5,10 +5,13 @@
 import pandas as pd
 
 from atlas.longitudinal.plan import (
+    backend,
     n_sst_iterations,
     plan_longitudinal,
+    sst_atlases,
     sst_params,
     sst_stage,
+    sst_to_template_params,
 )
 
 LCFG = config["longitudinal"]
@@ -22,18 +25,26 @@ try:
             config["participant_label"],
             config["exclude_participant_label"],
             "all",
+            cache=f"{PARSE_CACHE}/bids_t1w.json",
         )
         _ALL = _ALL[~_ALL.img.isin(list(IMAGES.attrs.get("excluded", {})))]
         _NEW = _ALL[~_ALL.img.isin(IMAGES.img)]
         if len(_NEW):  # images the template stage did not select: check them too
             _ALL = _ALL[~_ALL.img.isin(_NEW.img)]
-            _NEW = validate_images(_NEW, config["on_bad_subject"])
+            _NEW = validate_images(
+                _NEW,
+                config["on_bad_subject"],
+                cache=f"{PARSE_CACHE}/image_validation.json",
+            )
             _ALL = pd.concat([_ALL, _NEW], ignore_index=True)
     LONG = plan_longitudinal(LCFG, _ALL, BIDS_DIR)
+    # subject -> atlases of its SST's segmentation; None: the template's labels instead
+    SST_ATLASES = sst_atlases(PLAN, LONG, BIDS_DIR)
 except InputError as exc:
     _stop(str(exc))
 
 LONG_ON = LONG is not None
+LONG_BACKEND = backend(LCFG)
 N_SST = n_sst_iterations(LCFG)
 SST_LAST = N_SST - 1
 SST_LIN_K = "|".join(str(k) for k in range(N_SST) if sst_stage(k, LCFG) != "syn")
@@ -61,6 +72,8 @@ def sst_file(sub, suffix):
 
 
 SST_T1W = "desc-sst_T1w.nii.gz"
+SST_MASK = "space-sst_desc-brain_mask.nii.gz"
+SST_DSEG = f"space-sst_desc-{METHOD}_dseg.nii.gz"
 SST_TO_TPL = {
     "affine": f"from-sst_to-{TPL}_mode-image_desc-affine_xfm.mat",
     "warp": f"from-sst_to-{TPL}_mode-image_desc-warp_xfm.nii.gz",
@@ -119,8 +132,28 @@ def long_session_inputs(w):
         "sst_warp": sst_file(sub, SST_TO_TPL["warp"]),
         "sst_inverse_warp": sst_file(sub, SST_TO_TPL["inverse_warp"]),
         "template": TEMPLATE_OUTPUTS["template"],
-        "template_dseg": SEG_TPL["dseg"],
-        "label_table": SEG_TPL["table"],
+    } | long_label_inputs(sub)
+
+
+def long_label_inputs(sub):
+    """The labels a session is measured with: its SST's multi-atlas segmentation, or
+    without atlases the labelled template's (carried template -> SST -> session)."""
+    if SST_ATLASES is None:
+        return {"template_dseg": SEG_TPL["dseg"], "label_table": SEG_TPL["table"]}
+    return {
+        "sst_dseg": sst_file(sub, SST_DSEG),
+        "label_table": f"{OUT}/desc-{METHOD}_dseg.tsv",
+    }
+
+
+def sst_segment_inputs(w):
+    """The SST as a target of the segmentation's template route: the atlases registered to
+    the template once, composed with the SST's template -> SST map."""
+    return atlas_inputs(SST_ATLASES[w.sub], "template") | {
+        "image": sst_file(w.sub, SST_T1W),
+        "mask": sst_file(w.sub, SST_MASK),
+        "target_affine": sst_file(w.sub, SST_TO_TPL["affine"]),
+        "target_inverse_warp": sst_file(w.sub, SST_TO_TPL["inverse_warp"]),
     }
 
 
@@ -145,6 +178,7 @@ LONGITUDINAL_TARGETS = (
         *LONG_GROUP.values(),
         *(sst_file(s, SST_T1W) for s in LONG.subjects),
         *(sst_file(s, SST_TO_TPL["warped"]) for s in LONG.subjects),
+        *(sst_file(s, SST_DSEG) for s in (SST_ATLASES or [])),
         *(f"{FIG}/sub-{s}_desc-sst_mosaic.png" for s in LONG.subjects),
         *(f for key in SES_TO_SST for f in long_session_files(SES_TO_SST[key])),
     ]

@@ -74,7 +74,7 @@ rule segment_atlas_to_template:
         ENV_ANTS
     threads: config["threads_per_job"]
     resources:
-        **job_resources("registration"),
+        **registration_resources(config["segmentation"]["registration"]),
     params:
         step="segmentation.register_atlas",
         registration=SEG["registration"],
@@ -95,7 +95,7 @@ rule segment_atlas_to_image:
         ENV_ANTS
     threads: config["threads_per_job"]
     resources:
-        **job_resources("registration"),
+        **registration_resources(config["segmentation"]["registration"]),
     params:
         step="segmentation.register_atlas",
         registration=SEG["registration"],

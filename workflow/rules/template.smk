@@ -41,7 +41,7 @@ rule template_register_affine:
         ENV_ANTS
     threads: config["threads_per_job"]
     resources:
-        **job_resources("registration"),
+        **registration_resources(config["template"]),
     params:
         step="registration.register_to_template",
         params=lambda w: stage_params(w.k, config["template"]),
