@@ -11,7 +11,7 @@ grid (nearest neighbour). Per setting, the mean over pairs of:
 * ``seconds``: wall time of the registration call (files written included);
 * ``dice``: mean Dice over the labels of the fixed scan (:func:`atlas.metrics.mean_dice`);
 * ``folding_pct``: % of fixed-brain voxels with Jacobian determinant <= 0 of the forward warp
-  (:func:`atlas.registration.jacobian_determinant_image`).
+  (:func:`atlas.registration.jacobian_determinant_sitk`).
 
 Settings: ``ants`` = the config's ``template.affine`` + ``template.syn`` (the reference);
 ``greedy-*`` = the config's ``template.greedy`` with the iterations / -sv named; ``fireants``
@@ -76,7 +76,7 @@ def run_pair(fixed, moving, params: dict, backend_name: str, tmp: Path) -> dict:
     import ants
 
     from atlas.metrics import mean_dice
-    from atlas.registration import jacobian_determinant_image, register
+    from atlas.registration import jacobian_determinant_sitk, register
 
     paths = [tmp / "affine.mat", tmp / "warp.nii.gz", tmp / "inverse-warp.nii.gz"]
     start = time.perf_counter()
@@ -87,7 +87,7 @@ def run_pair(fixed, moving, params: dict, backend_name: str, tmp: Path) -> dict:
     ).numpy()
     reference = fixed[1].numpy()
     labels = [v for v in np.unique(reference) if v != 0]
-    jac = jacobian_determinant_image(fixed[0], paths[1]).numpy()
+    jac = jacobian_determinant_sitk(paths[1]).T
     brain = reference > 0
     return {
         "seconds": seconds,

@@ -78,15 +78,15 @@ def carry_labels(template, label_paths, transform_lists) -> list[np.ndarray]:
 
 def folding_pct(template, warps) -> float:
     """Mean over subjects of the % of template-foreground voxels with Jacobian determinant
-    <= 0 (:func:`atlas.registration.jacobian_determinant_image`)."""
+    <= 0 (:func:`atlas.registration.jacobian_determinant_sitk`)."""
     from atlas.preprocess import foreground_mask
-    from atlas.registration import jacobian_determinant_image
+    from atlas.registration import jacobian_determinant_sitk
 
     fg = foreground_mask(template).numpy() > 0
     return float(
         np.mean(
             [
-                100.0 * (jacobian_determinant_image(template, w).numpy()[fg] <= 0).mean()
+                100.0 * (jacobian_determinant_sitk(w).T[fg] <= 0).mean()
                 for w in warps
             ]
         )

@@ -85,13 +85,14 @@ def jacobian_integration(domain, affine, warp, dseg: np.ndarray, table: pd.DataF
 
     Returns
     -------
-    ``(volumes, det, log_jac)``: the :func:`jacobian_volumes` table, the Jacobian determinant
-    of the warp (ANTs ``CreateJacobianDeterminantImage``) and the log-Jacobian of the whole map
-    (:func:`log_jacobian`, the affine's determinant included), both arrays on ``domain``.
+    ``(volumes, det, log_jac)``: the :func:`jacobian_volumes` table, the Jacobian
+    determinant of the warp (:func:`atlas.registration.jacobian_determinant_sitk`) and the
+    log-Jacobian of the whole map (:func:`log_jacobian`, the affine's determinant included),
+    both arrays on ``domain``.
     """
-    from ..registration import jacobian_determinant_image, read_affine_ras
+    from ..registration import jacobian_determinant_sitk, read_affine_ras
 
-    det = jacobian_determinant_image(domain, warp).numpy()
+    det = jacobian_determinant_sitk(warp).T  # the warp lies on the domain's grid
     lj = log_jacobian(det, read_affine_ras(affine)[:3, :3])
     volumes = jacobian_volumes(lj, dseg, table, float(np.prod(domain.spacing)))
     return volumes, det, lj

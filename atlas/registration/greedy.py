@@ -5,7 +5,7 @@ subregions in 3 Tesla and 7 Tesla T2-weighted MRI", Alzheimer's & Dementia 12(7)
 Same functions and conventions as :mod:`atlas.registration.ants` (``fixed`` is the target
 space; forward transforms map fixed-space points to the moving space; files in ANTs/ITK
 formats), so every consumer of the ANTs files (``ants.apply_transforms``,
-:class:`atlas.registration.TransformChain`, ``jacobian_determinant_image``, the template
+:class:`atlas.registration.TransformChain`, ``jacobian_determinant_sitk``, the template
 shape update) works unchanged. Images go to Greedy as SimpleITK images in memory.
 
 Conventions converted here (checked by point mapping against ANTs in

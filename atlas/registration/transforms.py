@@ -126,14 +126,6 @@ def write_warp(displacement_axes_vox, affine, path) -> Path:
     return write_nifti(u_lps[..., None, :], affine, path, intent="vector")
 
 
-def jacobian_determinant_image(domain, warp):
-    """Jacobian determinant of a displacement field file on ``domain``'s grid (ANTs
-    ``CreateJacobianDeterminantImage``); 1 = volume kept, <= 0 = folding."""
-    import ants
-
-    return ants.create_jacobian_determinant_image(domain, str(warp), do_log=False)
-
-
 def write_affine_ras(matrix_ras, path) -> Path:
     """Write a ``(4, 4)`` RAS fixed->moving matrix (the inverse of :func:`read_affine_ras`)
     as an ITK/ANTs affine ``.mat`` file (``AffineTransform_double_3_3``, LPS points, centre
@@ -305,16 +297,20 @@ def jacobian_determinant_sitk(warp) -> np.ndarray:
     (:func:`atlas.metrics.jacobian_determinant`: central differences, one-sided at the
     border); 1 = volume kept, <= 0 = folding.
 
-    ``warp``: SimpleITK vector image, displacements in mm with LPS components (ANTs warps).
-    Returns an array in SimpleITK order ``(z, y, x)``. The vectors are rotated onto the
+    ``warp``: a displacement field file or SimpleITK vector image, displacements in mm with
+    LPS components (ANTs warps). Returns an array in SimpleITK order ``(z, y, x)`` (``.T``
+    gives the NIfTI / ANTs array order). The vectors are rotated onto the
     grid's index axes first (``D^T u``; ``det(I + D^T G D) = det(I + G)``): ITK's
     ``DisplacementFieldJacobianDeterminantFilter`` differentiates along the index axes
     without that rotation, wrong on RAS-oriented grids (``D = diag(-1, -1, 1)``).
     """
     import SimpleITK as sitk
 
+    from ..io import read_sitk
     from ..metrics import jacobian_determinant
 
+    if not isinstance(warp, sitk.Image):
+        warp = read_sitk(warp, vector=True)
     u = sitk.GetArrayFromImage(warp).astype(np.float64)
     direction = np.asarray(warp.GetDirection(), dtype=np.float64).reshape(3, 3)
     along_index_axes = u @ direction  # component a = column a of D . u

@@ -106,7 +106,7 @@ def subject_final(
     moved = sitk.Resample(io.read_sitk(image), tpl, transform, sitk.sitkLinear, 0.0)
     moved_mask = sitk.Resample(io.read_sitk(mask), tpl, transform, sitk.sitkLabelLinear, 0.0)
     moved_array = sitk.GetArrayFromImage(moved)
-    det = jacobian_determinant_sitk(io.read_sitk(warp, vector=True))
+    det = jacobian_determinant_sitk(warp)
     jac = metrics.jacobian_stats(det, m)
     row = {
         "img": img,
