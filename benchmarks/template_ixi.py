@@ -83,14 +83,7 @@ def folding_pct(template, warps) -> float:
     from atlas.registration import jacobian_determinant_sitk
 
     fg = foreground_mask(template).numpy() > 0
-    return float(
-        np.mean(
-            [
-                100.0 * (jacobian_determinant_sitk(w).T[fg] <= 0).mean()
-                for w in warps
-            ]
-        )
-    )
+    return float(np.mean([100.0 * (jacobian_determinant_sitk(w).T[fg] <= 0).mean() for w in warps]))
 
 
 def main() -> None:
