@@ -4,7 +4,7 @@ Usage (from the project root)::
 
     python benchmarks/learned_oasis2d.py [--steps 2000] [--threads 2] [--out DIR]
                                          [--no-baseline]
-    python benchmarks/learned_oasis2d.py --design [--steps N] [--downsample F] ...
+    python benchmarks/learned_oasis2d.py --design [--steps N] [--downsample F] [--jobs J] ...
 
 ``--design`` (issue 13) trains and evaluates the 2 x 2 design of one model family —
 ``conditional``, ``conditional+tissue`` (``tissue_weight 1``), ``atlas-gan``
@@ -15,11 +15,17 @@ coarsened ``--downsample`` times. Per held-out subject: Dice per tissue (WM, cor
 CSF) of the atlas tissue map carried to the subject vs its seg4 tissues (the learned tissue
 maps, argmax, of the tissue variants; else the majority vote of ``--k`` training subjects'
 tissue maps carried into the atlas, also reported for every variant as ``vote_mean_dice``),
-atlas sharpness (mean gradient magnitude inside the mean training brain mask), centrality
-(mean over the mask of the norm of the mean atlas->subject displacement, mm), % non-positive
-Jacobian and one-pass registration time; plus training time, peak memory (max RSS of the
-variant's process, data loading included) and the atlas CSF area at 20 / 50 / 90 y. The
-iterative (ANTs) baseline is not part of ``--design``.
+atlas sharpness (mean gradient magnitude inside the mean training brain mask, in the
+subjects' intensity units: times the least-squares slope of the subject carried into the
+atlas on the atlas, :func:`atlas.learn.evaluation.intensity_slope`, since the local NCC leaves
+an atlas's intensity scale free; ``sharpness_raw`` without), centrality (mean over the mask of
+the norm of the mean atlas->subject displacement, mm), % non-positive Jacobian and one-pass
+registration time; plus training wall and CPU time, peak memory (max RSS of the variant's
+process, data loading included) and the atlas CSF area at 20 / 50 / 90 y. The ``iterative``
+row is the ANTs baseline below (SyGN templates at 20 and 90 y, ``--baseline-n`` subjects each)
+on the same grid, scored the same way (voted tissue map carried back to each subject by the
+inverse SyN) on the test subjects within 10 y of 20 / 90 y; a second table scores every
+variant on that subset. ``--jobs`` runs that many variants at a time.
 
 Protocol
 --------
@@ -160,18 +166,28 @@ def native_stdout_silenced():
             os.close(saved)
 
 
-def ants_baseline(cohort, seg24, train_idx, test_idx, voters, n_template):
-    """Iterative SyN templates at 20 y and 90 y (ants.build_template) and their scores."""
+def ants_baseline(cohort, seg24, train_idx, test_idx, voters, n_template, tissues=None):
+    """Iterative SyN templates at 20 y and 90 y (ants.build_template) and their scores.
+
+    Label maps: ``cohort.labels`` (seg4) and ``seg24``. With ``tissues`` (a dict with the
+    ``maps`` ``(N, *S)``, ``names`` and brain ``mask`` on the grid; the ``--design`` row),
+    the voted tissue map is carried back to each test subject (inverse SyN, nearest) and
+    scored per tissue like the learned atlases, with the template's sharpness (subject
+    intensity units, :func:`atlas.learn.evaluation.intensity_slope`), the centrality per
+    template and the warp fields' folding.
+    """
     import ants
 
     from atlas import metrics
+    from atlas.learn.evaluation import centrality, intensity_slope, tissue_dice
 
     syn = {"type_of_transform": "SyN", "syn_metric": "CC", "syn_sampling": 4}
+    first = cohort.labels if tissues is None else tissues["maps"]
 
     def to_ants(array):
         return ants.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
-    def register(template, i):
+    def register(template, i, back=None):
         with tempfile.TemporaryDirectory(prefix="atlas-bench-") as tmp:
             tic = time.perf_counter()
             reg = ants.registration(
@@ -183,12 +199,24 @@ def ants_baseline(cohort, seg24, train_idx, test_idx, voters, n_template):
                 ants.apply_transforms(
                     template, to_ants(lab[i]), fwd, interpolator="genericLabel"
                 ).numpy()
-                for lab in (cohort.labels, seg24)
+                for lab in (first, seg24)
             ]
             jac = ants.create_jacobian_determinant_image(template, fwd[0]).numpy()
-        return carried, seconds, jac
+            extra = {}
+            if back is not None:  # template map -> subject, subject -> template image, warp
+                subject = to_ants(cohort.images[i])
+                extra["to_subject"] = ants.apply_transforms(
+                    subject,
+                    to_ants(back),
+                    reg["invtransforms"],
+                    interpolator="nearestNeighbor",
+                    whichtoinvert=[True, False],
+                ).numpy()
+                extra["warped"] = reg["warpedmovout"].numpy()
+                extra["field_mm"] = ants.image_read(fwd[0]).numpy() * cohort.spacing
+        return carried, seconds, jac, extra
 
-    out = {"templates": {}, "maps": {}, "rows": []}
+    out = {"templates": {}, "maps": {}, "rows": [], "centrality": {}}
     for age in (20, 90):
         members = train_idx[nearest_in_age(cohort.ages[train_idx], age, n_template)]
         tic = time.perf_counter()
@@ -200,16 +228,30 @@ def ants_baseline(cohort, seg24, train_idx, test_idx, voters, n_template):
         carried = [register(template, i)[0] for i in voters]
         out["maps"][age] = tuple(majority_vote(np.stack([c[j] for c in carried])) for j in (0, 1))
         bin_test = test_idx[np.abs(cohort.ages[test_idx] - age) <= 10]
+        back = None if tissues is None else out["maps"][age][0]
+        fields = []
         for i in bin_test:
-            (lab4, _), seconds, jac = register(template, i)
-            out["rows"].append(
-                {
-                    "index": int(i),
-                    "dice": metrics.mean_dice(lab4, out["maps"][age][0], labels=[1, 2, 3, 4]),
-                    "pct_nonpositive_jac": metrics.jacobian_stats(jac)["pct_nonpositive"],
-                    "seconds": seconds,
+            (lab4, _), seconds, jac, extra = register(template, i, back)
+            row = {
+                "index": int(i),
+                "dice": metrics.mean_dice(lab4, out["maps"][age][0], labels=[1, 2, 3, 4]),
+                "pct_nonpositive_jac": metrics.jacobian_stats(jac)["pct_nonpositive"],
+                "seconds": seconds,
+            }
+            if tissues is not None:
+                own, names = extra["to_subject"].astype(int), tissues["names"]
+                raw = metrics.sharpness(template.numpy(), cohort.spacing, tissues["mask"])
+                slope = intensity_slope(template.numpy(), extra["warped"], tissues["mask"])
+                row |= tissue_dice(own, tissues["maps"][i], names, TISSUES) | {
+                    "age": float(cohort.ages[i]),
+                    "sharpness": slope * raw,
+                    "sharpness_raw": raw,
+                    "intensity_slope": slope,
                 }
-            )
+                fields.append(extra["field_mm"])
+            out["rows"].append(row)
+        if fields:
+            out["centrality"][age] = centrality(iter(fields), tissues["mask"])
     return out
 
 
@@ -239,6 +281,9 @@ VARIANTS = {
 }
 """The 2 x 2 design of issue 13: one model family, two switches (train config keys)."""
 TISSUES = ("WM", "GM", "CSF")
+ITERATIVE = "iterative"
+"""The iterative (SyGN) template row of ``--design``: :func:`ants_baseline` templates at 20
+and 90 y scored on the test subjects within 10 y of those ages."""
 
 
 def split(n: int):
@@ -305,7 +350,7 @@ def score_variant(atlas, cohort, test_idx, maps, mask):
     voted) carried to the subject vs its seg4 tissues, the same for the voted map, atlas
     sharpness, % non-positive Jacobian, registration time; and the centrality (mm)."""
     from atlas import metrics
-    from atlas.learn.evaluation import centrality, tissue_dice
+    from atlas.learn.evaluation import centrality, intensity_slope, tissue_dice
 
     rows, fields = [], []
     for i in test_idx:
@@ -315,12 +360,16 @@ def score_variant(atlas, cohort, test_idx, maps, mask):
         own = voted if reg.warped_tissues is None else reg.warped_tissues.argmax(0)
         det = metrics.jacobian_determinant(reg.inverse_displacement * atlas.spacing, atlas.spacing)
         vote_dice = tissue_dice(voted, cohort.tissues[i], cohort.tissue_names, TISSUES)
+        raw = metrics.sharpness(reg.atlas, atlas.spacing, mask)
+        slope = intensity_slope(reg.atlas, reg.warped, mask)  # subject in atlas space
         rows.append(
             {"subject": cohort.subjects[i], "age": float(cohort.ages[i])}
             | tissue_dice(own, cohort.tissues[i], cohort.tissue_names, TISSUES)
             | {f"vote_{k}": v for k, v in vote_dice.items()}
             | {
-                "sharpness": metrics.sharpness(reg.atlas, atlas.spacing, mask),
+                "sharpness": slope * raw,
+                "sharpness_raw": raw,
+                "intensity_slope": slope,
                 "pct_nonpositive_jac": metrics.jacobian_stats(det)["pct_nonpositive"],
                 "seconds": reg.seconds,
             }
@@ -330,8 +379,9 @@ def score_variant(atlas, cohort, test_idx, maps, mask):
 
 
 def design_variant(args, name: str) -> dict:
-    """Train and evaluate one variant of the 2 x 2 design (run in its own process so that
-    its peak memory is its own); returns and writes ``<out>/<name>/report.json``."""
+    """Train and evaluate one variant of the 2 x 2 design, or build and score the iterative
+    templates (``name`` ``iterative``), in its own process so that its peak memory is its
+    own; returns and writes ``<out>/<name>/report.json``."""
     import resource
 
     from atlas.learn import LearnedAtlas, load_bids_cohort, train
@@ -348,39 +398,54 @@ def design_variant(args, name: str) -> dict:
         tissues=cohort.tissues[train_idx],  # test subjects' tissues: evaluation only
         tissue_names=cohort.tissue_names,
     )
-    options = {
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "disc_warmup_steps": args.steps // 3,
-        "checkpoint_every": max(1, args.steps // 4),
-        "log_every": max(1, args.steps // 10),
-    }
-    out = Path(args.out) / name
-    tic = time.perf_counter()
-    result = train(options | VARIANTS[name], training, out / "model")
-    train_seconds = time.perf_counter() - tic
-    atlas = LearnedAtlas(result["model"])
-    montage(atlas, [20, 35, 50, 65, 80, 90], out / "montage.png")
     voters = np.sort(np.random.default_rng(1).choice(train_idx, args.k, replace=False))
     mask = (training.tissues > 0).mean(0) > 0.5
-    needed = sorted({int(REF_AGES[np.abs(REF_AGES - a).argmin()]) for a in cohort.ages[test_idx]})
-    maps = atlas_tissue_maps(atlas, cohort, seg24, voters, sorted(set(needed) | {20, 50, 90}))
-    rows, centrality_mm = score_variant(atlas, cohort, test_idx, maps, mask)
-    pixel = float(np.prod(atlas.spacing))
+    out = Path(args.out) / name
+    out.mkdir(parents=True, exist_ok=True)
+    pixel = float(np.prod(cohort.spacing))
     csf = cohort.tissue_names.index("CSF") + 1
+    tic, cpu = time.perf_counter(), time.process_time()
+    if name == ITERATIVE:
+        tissues = {"maps": cohort.tissues, "names": cohort.tissue_names, "mask": mask}
+        base = ants_baseline(cohort, seg24, train_idx, test_idx, voters, args.baseline_n, tissues)
+        maps = {a: (*m, None) for a, m in base["maps"].items()}
+        rows = [r | {"subject": cohort.subjects[r.pop("index")]} for r in base["rows"]]
+        weights = {a: sum(abs(r["age"] - a) <= 10 for r in rows) for a in (20, 90)}
+        centrality_mm = sum(base["centrality"][a] * w for a, w in weights.items()) / len(rows)
+        result = {"final_loss": float("nan")}
+    else:
+        options = {
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "disc_warmup_steps": args.steps // 3,
+            "checkpoint_every": max(1, args.steps // 4),
+            "log_every": max(1, args.steps // 10),
+        }
+        result = train(options | VARIANTS[name], training, out / "model")
+    train_seconds, train_cpu = time.perf_counter() - tic, time.process_time() - cpu
+    if name != ITERATIVE:
+        atlas = LearnedAtlas(result["model"])
+        montage(atlas, [20, 35, 50, 65, 80, 90], out / "montage.png")
+        ages = {int(REF_AGES[np.abs(REF_AGES - a).argmin()]) for a in cohort.ages[test_idx]}
+        maps = atlas_tissue_maps(atlas, cohort, seg24, voters, sorted(ages | {20, 50, 90}))
+        rows, centrality_mm = score_variant(atlas, cohort, test_idx, maps, mask)
     report = {
         "variant": name,
         "train_seconds": train_seconds,
+        "train_cpu_seconds": train_cpu,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "final_loss": result["final_loss"],
         "centrality_mm": centrality_mm,
         "rows": rows,
         "csf_mm2": {
-            a: float(((maps[a][2] if maps[a][2] is not None else maps[a][0]) == csf).sum() * pixel)
-            for a in (20, 50, 90)
+            a: float(((m[2] if m[2] is not None else m[0]) == csf).sum() * pixel)
+            for a, m in maps.items()
+            if a in (20, 50, 90)
         },
         "ventricles_seg24_mm2": {
-            a: float(np.isin(maps[a][1], VENTRICLES_SEG24).sum() * pixel) for a in (20, 50, 90)
+            a: float(np.isin(m[1], VENTRICLES_SEG24).sum() * pixel)
+            for a, m in maps.items()
+            if a in (20, 50, 90)
         },
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -388,42 +453,71 @@ def design_variant(args, name: str) -> dict:
 
 
 def run_design(args) -> list:
-    """The 2 x 2 design: each variant trained and evaluated in a child process (sequential,
-    same split, same budget), then the table printed."""
+    """The 2 x 2 design and the iterative template: each trained and evaluated in a child
+    process (same split, same budget; ``--jobs`` at a time), then the table printed."""
     import subprocess
+    from concurrent.futures import ThreadPoolExecutor
 
-    reports = []
-    for name in args.variants.split(","):
+    def child(name):
         cmd = [sys.executable, __file__, "--design-variant", name, "--out", args.out]
         cmd += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
         cmd += ["--threads", str(args.threads), "--k", str(args.k), "--data", args.data]
-        cmd += ["--downsample", str(args.downsample)]
+        cmd += ["--downsample", str(args.downsample), "--baseline-n", str(args.baseline_n)]
         subprocess.run(cmd, check=True)
-        reports.append(json.loads((Path(args.out) / name / "report.json").read_text()))
+        return json.loads((Path(args.out) / name / "report.json").read_text())
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        reports = list(pool.map(child, args.variants.split(",")))
     print_design(reports, args)
     return reports
 
 
+def design_means(rows: list) -> dict:
+    """Means over subjects of every numeric measure of ``rows``, with ``mean_dice`` (and
+    ``vote_mean_dice`` when the rows have voted-map Dice) over :data:`TISSUES`."""
+    mean = {k: float(np.mean([row[k] for row in rows])) for k in rows[0] if k != "subject"}
+    for prefix in ("", "vote_"):
+        if f"{prefix}dice_{TISSUES[0]}" in mean:
+            mean[f"{prefix}mean_dice"] = float(
+                np.mean([mean[f"{prefix}dice_{t}"] for t in TISSUES])
+            )
+    return mean
+
+
 def print_design(reports: list, args) -> None:
-    """The evaluation table of the 2 x 2 design (means over held-out subjects)."""
+    """The evaluation table of the 2 x 2 design and the iterative template (means over
+    held-out subjects; the iterative template's subset, within 10 y of 20 / 90 y, scored
+    for every variant in a second table)."""
+    learned = [r for r in reports if r["variant"] != ITERATIVE]
     print(
         f"\n2x2 design on oasis2d, grid /{args.downsample}, {args.steps} steps x batch "
-        f"{args.batch_size}, {len(reports[0]['rows'])} held-out subjects"
+        f"{args.batch_size}, {len(learned[0]['rows']) if learned else 0} held-out subjects"
     )
     cols = [f"dice_{t}" for t in TISSUES] + ["mean_dice", "vote_mean_dice", "sharpness"]
-    cols += ["centrality_mm", "pct_nonpositive_jac", "seconds", "train_min", "peak_mb"]
-    print(f"{'variant':20s}" + "".join(f" {c:>15s}" for c in cols))
-    for r in reports:
-        rows = r["rows"]
-        mean = {k: float(np.mean([row[k] for row in rows])) for k in rows[0] if k != "subject"}
-        mean["mean_dice"] = float(np.mean([mean[f"dice_{t}"] for t in TISSUES]))
-        mean["vote_mean_dice"] = float(np.mean([mean[f"vote_dice_{t}"] for t in TISSUES]))
-        mean |= {"centrality_mm": r["centrality_mm"], "train_min": r["train_seconds"] / 60}
-        mean["peak_mb"] = r["peak_rss_mb"]
-        print(f"{r['variant']:20s}" + "".join(f" {mean[c]:15.4f}" for c in cols))
+    cols += ["sharpness_raw", "centrality_mm", "pct_nonpositive_jac", "seconds"]
+    cols += ["train_min", "train_cpu_min", "peak_mb"]
+    subset = {row["subject"] for r in reports if r["variant"] == ITERATIVE for row in r["rows"]}
+    tables = [("all held-out subjects", learned, None)]
+    if subset:
+        title = f"{len(subset)} held-out subjects within 10 y of 20 / 90 y (iterative templates)"
+        tables.append((title, reports, subset))
+    for title, shown, keep in tables:
+        print(f"\n{title}\n{'variant':20s}" + "".join(f" {c:>15s}" for c in cols))
+        for r in shown:
+            rows = [row for row in r["rows"] if keep is None or row["subject"] in keep]
+            mean = design_means(rows) | {
+                "centrality_mm": r["centrality_mm"],
+                "train_min": r["train_seconds"] / 60,
+                "train_cpu_min": r["train_cpu_seconds"] / 60,
+                "peak_mb": r["peak_rss_mb"],
+            }
+            values = [mean.get(c, float("nan")) for c in cols]
+            print(f"{r['variant']:20s}" + "".join(f" {v:15.4f}" for v in values))
     for r in reports:
         print(
-            f"{r['variant']:20s} atlas CSF area 20/50/90 y: "
+            f"{r['variant']:20s} atlas CSF area "
+            + "/".join(str(a) for a in r["csf_mm2"])
+            + " y: "
             + " / ".join(f"{v:.0f}" for v in r["csf_mm2"].values())
             + " mm2; seg24 lateral ventricles (voted): "
             + " / ".join(f"{v:.0f}" for v in r["ventricles_seg24_mm2"].values())
@@ -438,7 +532,10 @@ def add_design_arguments(parser) -> None:
         action="store_true",
         help="train and evaluate the 2x2 design (conditional, +tissue, Atlas-GAN, GAN+tissue)",
     )
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="design variants")
+    parser.add_argument(
+        "--variants", default=",".join([*VARIANTS, ITERATIVE]), help="design variants"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="design: variants run at a time")
     parser.add_argument("--design-variant", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--downsample", type=int, default=1, help="design: grid factor")
 

@@ -32,13 +32,29 @@ class PatchDiscriminator(nn.Module):
         levels; each halves the resolution, so a patch logit sees a receptive field of
         ``2**(len(channels) + 1) + 1`` voxels per side.
     in_channels : image channels (1: intensity).
+    shift, scale : intensity standardisation of the input, ``(x - shift) / scale`` (the
+        training images' mean and standard deviation; buffers saved with the weights).
+        Spectral normalisation bounds each layer's gain by 1, so the logit gap between real
+        and fake is bounded by their intensity difference in a patch: on the OASIS slices
+        (intensities in [0, 0.75]) a discriminator trained alone on subjects vs the
+        conditional atlas warped to them separated them less well (least-squares loss 0.23
+        after 300 steps) than on unit-scale inputs (0.16), the scale spectrally normalised
+        discriminators are built for (inputs in [-1, 1] in Miyato et al. 2018).
 
     Raises
     ------
     ValueError if ``ndim`` is not 2 or 3 or ``channels`` is empty.
     """
 
-    def __init__(self, ndim: int, n_attributes: int, channels=(16, 32, 64), in_channels: int = 1):
+    def __init__(
+        self,
+        ndim: int,
+        n_attributes: int,
+        channels=(16, 32, 64),
+        in_channels: int = 1,
+        shift: float = 0.0,
+        scale: float = 1.0,
+    ):
         super().__init__()
         if ndim not in (2, 3) or not channels:
             raise ValueError(f"need ndim in (2, 3) and channels, got {ndim}, {channels}")
@@ -50,11 +66,13 @@ class PatchDiscriminator(nn.Module):
         self.features = nn.ModuleList(layers)
         self.psi = spectral_norm(conv(c, 1, 1))
         self.embed = spectral_norm(nn.Linear(n_attributes, c, bias=False))
+        self.register_buffer("shift", torch.tensor(float(shift)))
+        self.register_buffer("scale", torch.tensor(float(scale)))
 
     def forward(self, image: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
         """Patch logits ``(B, 1, *P)`` of images ``(B, in_channels, *S)`` with attributes
         ``(B, n_attributes)``; ``P = ceil(S / 2**len(channels))``."""
-        h = image
+        h = (image - self.shift) / self.scale
         for layer in self.features:
             h = F.leaky_relu(layer(h), 0.2)
         y = self.embed(attributes).view(*attributes.shape[:1], -1, *([1] * (h.dim() - 2)))

@@ -116,3 +116,32 @@ def tissue_dice(atlas_tissues, subject_tissues, tissue_names, tissues=EVALUATION
     ids = [list(tissue_names).index(t) + 1 for t in tissues]
     scores = metrics.dice(atlas_tissues, subject_tissues, labels=ids)
     return {f"dice_{t}": scores[i] for t, i in zip(tissues, ids, strict=True)}
+
+
+def intensity_slope(warped_atlas, subject, mask) -> float:
+    """Least-squares slope ``a`` of ``subject ≈ a * warped_atlas + b`` over ``mask``.
+
+    A similarity that is invariant to the atlas's intensity scale (local NCC) leaves that
+    scale free: the atlas's contrast drifts during training (the gradient of a
+    scale-invariant loss is orthogonal to the image, so each step lengthens it), while an
+    adversarial term pins it to the subjects' intensities. Gradient magnitudes of atlases
+    trained with and without it are in different units; ``a`` maps an atlas into the
+    subjects' units. It does not reward blur: an atlas that is the subjects' local mean
+    (a smoothed version ``E[S | smooth]``) has ``cov(T, S) = var(T)``, slope 1.
+
+    Parameters
+    ----------
+    warped_atlas, subject : arrays on one grid (the atlas and the subject carried into atlas
+        space, or the atlas warped to the subject and the subject). ``mask`` : boolean
+        array on that grid (e.g. the brain mask the sharpness is measured in).
+
+    Returns
+    -------
+    The slope (subject intensity units per atlas intensity unit); NaN if the atlas is
+    constant over the mask.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    x = np.asarray(warped_atlas, dtype=np.float64)[mask]
+    y = np.asarray(subject, dtype=np.float64)[mask]
+    var = x.var()
+    return float(((x - x.mean()) * (y - y.mean())).mean() / var) if var > 0 else float("nan")

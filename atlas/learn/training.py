@@ -8,7 +8,7 @@ an uninterrupted run with the same seed on the same device.
 Objective per batch of subjects ``s`` with attributes ``a`` (template = moving image)::
 
     L = sim(T(a) ∘ φ, s) + λ_reg R(v) + λ_c ||ū||^2 + λ_dice (1 - Dice(T_lab(a) ∘ φ, s_lab))
-        + λ_tissue (1 - Dice(T_tis(a) ∘ φ, s_tis)) + w(t) λ_adv L_G(D(T(a) ∘ φ, a))
+        + λ_tissue (1 - Dice + CE)(T_tis(a) ∘ φ, s_tis) + w(t) λ_adv L_G(D(T(a) ∘ φ, a))
 
 with ``φ = exp(v)`` (scaling and squaring), ``R`` the diffusion norm ``||∇v||^2`` or
 ``||(-α Δ + Id) v||^2`` (optionally with a cascade of ``α``), ``ū`` the running mean of
@@ -17,8 +17,9 @@ the displacements (centrality) and the Dice term only when label maps are given.
 One model family, four variants by two switches (a 2 x 2 design):
 
 * ``tissue_weight > 0``: the template also outputs tissue probability maps (softmax over
-  background + tissues) supervised by the soft Dice with each subject's tissue segmentation
-  (the tissue-guided atlas of the anatomy-realistic GAN 4D atlas, Li group).
+  background + tissues) supervised by the soft Dice + cross-entropy with each subject's
+  tissue segmentation (:func:`atlas.learn.losses.tissue_loss`; the tissue-guided atlas of
+  the anatomy-realistic GAN 4D atlas, Li group).
 * ``adversarial``: an age-conditional patch discriminator ``D``
   (:mod:`atlas.learn.discriminator`) judges subjects (real) against the atlas warped to
   them (fake) (Atlas-GAN, Dey et al. 2021, ICCV); ``D`` and the atlas alternate one step
@@ -258,7 +259,15 @@ def _initial_state(cfg: dict, meta: dict, cohort: Cohort, device) -> _State:
         mean_displacement=torch.zeros((1, len(cohort.shape), *cohort.shape), device=device),
     )
     if cfg["adversarial"]:
-        disc = PatchDiscriminator(len(cohort.shape), meta["n_attributes"], cfg["disc_channels"])
+        # Input standardised by the training images' mean and std (see PatchDiscriminator).
+        images = cohort.images
+        disc = PatchDiscriminator(
+            len(cohort.shape),
+            meta["n_attributes"],
+            cfg["disc_channels"],
+            shift=float(images.mean()),
+            scale=float(images.std() or 1.0),
+        )
         state.discriminator = disc.to(device)
         # Adam betas (0.5, 0.999): the usual GAN setting (Radford et al. 2016, DCGAN).
         state.disc_optimiser = torch.optim.Adam(
@@ -329,8 +338,8 @@ def _batch_loss(model, cfg: dict, step: int, batch: dict, mean_disp, discriminat
         total = total + cfg["dice_weight"] * dice
         terms["dice"] = dice
     if "tissues" in batch:
-        # Soft Dice over the tissues (background channel excluded).
-        tissue = losses.dice_loss(warped[:, 2 + n_labels :], batch["tissues"][:, 1:])
+        # Soft Dice over the tissues + cross-entropy (calibrated maps; see tissue_loss).
+        tissue = losses.tissue_loss(warped[:, 1 + n_labels :], batch["tissues"])
         total = total + cfg["tissue_weight"] * tissue
         terms["tissue"] = tissue
     if discriminator is not None:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from atlas.learn.evaluation import centrality, method_summary, pairwise_dice, subject_measures
 
@@ -59,3 +60,32 @@ def test_method_summary_averages_the_method_rows():
     ]
     assert row["n_subjects"] == 2 and row["sharpness"] == 2.0 and row["centrality_mm"] == 0.25
     assert row["seconds_per_subject"] == 0.2
+
+
+def test_intensity_slope_maps_an_atlas_into_subject_units():
+    from scipy import ndimage
+
+    from atlas import metrics
+    from atlas.learn.evaluation import intensity_slope
+
+    rng = np.random.default_rng(0)
+    subject = ndimage.gaussian_filter(rng.random((40, 48)), 1.0)
+    mask = np.ones(subject.shape, bool)
+    mask[:4] = False
+    # An affine intensity change of the atlas: slope 1 / 3, so slope x sharpness is unchanged.
+    assert intensity_slope(3 * subject + 1, subject, mask) == pytest.approx(1 / 3)
+    # The subject's smoothed version (its projection onto smooth images) keeps slope 1: the
+    # normalisation does not reward blur. Exact when the residual is orthogonal to it.
+    blurred = ndimage.gaussian_filter(subject, 2.0)
+    b = blurred[mask] - blurred[mask].mean()
+    r = subject[mask] - subject[mask].mean()
+    target = subject.copy()
+    target[mask] = blurred[mask] + (r - b) - ((r - b) @ b) / (b @ b) * b
+    assert intensity_slope(blurred, target, mask) == pytest.approx(1.0)
+    scaled = [
+        intensity_slope(a * blurred + c, target, mask)
+        * metrics.sharpness(a * blurred + c, 2.0, mask)
+        for a, c in ((1, 0), (4, -1))
+    ]
+    assert scaled[0] == pytest.approx(scaled[1])
+    assert np.isnan(intensity_slope(np.ones_like(subject), subject, mask))

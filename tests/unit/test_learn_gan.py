@@ -206,3 +206,61 @@ def test_tissue_dice_known_values():
     assert math.isclose(tissue_dice(atlas, atlas, ["WM", "GM", "CSF"])["dice_GM"], 1.0)
     with pytest.raises(ValueError, match="CSF"):
         tissue_dice(atlas, subject, ["WM", "GM"])
+
+
+def test_discriminator_standardises_its_input():
+    """D with (shift, scale) on x equals the same weights without on (x - shift) / scale."""
+    torch.manual_seed(0)
+    plain = PatchDiscriminator(2, 1, (4, 8)).eval()
+    scaled = PatchDiscriminator(2, 1, (4, 8), shift=0.2, scale=0.1).eval()
+    scaled.load_state_dict(plain.state_dict() | {"shift": scaled.shift, "scale": scaled.scale})
+    x, y = torch.rand(2, 1, 16, 20), torch.zeros(2, 1)
+    torch.testing.assert_close(scaled(0.2 + 0.1 * x, y), plain(x, y))
+    assert set(scaled.state_dict()) >= {"shift", "scale"}  # saved with the weights
+
+
+def test_adversarial_gradient_reaches_the_atlas_through_the_warp(tmp_path):
+    """Atlas-GAN's fake is the atlas warped to the subject: the generator loss moves the
+    template image and the registration network, never the discriminator."""
+    from atlas.learn.training import _batch_loss, _initial_state, cohort_meta, settings
+
+    cohort = tissue_cohort()
+    cfg = settings({**TINY, **GAN, "adversarial": True, "disc_warmup_steps": 0}, cohort)
+    meta, attrs = cohort_meta(cohort, cfg)
+    state = _initial_state(cfg, meta, cohort, torch.device("cpu"))
+    batch = {
+        "subject": torch.from_numpy(cohort.images)[:, None],
+        "attributes": torch.from_numpy(attrs),
+    }
+    _, terms, _, _ = _batch_loss(
+        state.model, cfg, 0, batch, state.mean_displacement, state.discriminator
+    )
+    terms["adversarial"].backward()
+    assert state.model.template.base.grad.abs().sum() > 0
+    assert state.model.registration.flow.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in state.discriminator.parameters())
+
+
+def test_tissue_loss_is_minimised_by_the_tissue_posterior():
+    """Boundary voxels that are WM with probability 0.6 next to a large WM and a small CSF
+    region: Dice + cross-entropy is minimised near the posterior 0.6 (the cross-entropy is
+    a proper scoring rule), the soft Dice alone by a saturated map (its argmax is biased)."""
+    n_wm, n_csf, n_edge = 400, 40, 50
+    target = torch.zeros(1, 3, n_wm + n_csf + n_edge)  # background, WM, CSF
+    target[0, 1, :n_wm] = target[0, 2, n_wm : n_wm + n_csf] = 1
+    edge = slice(n_wm + n_csf, None)
+    target[0, 1, n_wm + n_csf : n_wm + n_csf + 30] = 1  # 30 / 50 edge voxels are WM
+    target[0, 2, n_wm + n_csf + 30 :] = 1
+    grid = torch.linspace(0.0, 1.0, 101)
+
+    def pred(p):
+        x = target.clone()
+        x[0, 1, edge], x[0, 2, edge] = p, 1 - p
+        return x
+
+    compound = torch.stack([losses.tissue_loss(pred(p), target) for p in grid])
+    dice = torch.stack([losses.dice_loss(pred(p)[:, 1:], target[:, 1:]) for p in grid])
+    assert abs(grid[compound.argmin()].item() - 0.6) <= 0.05
+    assert grid[dice.argmin()].item() in (0.0, 1.0)
+    perfect = losses.tissue_loss(target, target).item()
+    assert perfect == pytest.approx(0.0, abs=1e-5)
