@@ -46,13 +46,15 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .greedy import _seed, _sitk, _threads
 from .transforms import (
     FLIP,
     Registration,
+    as_sitk,
     invert_warp,
+    itk_threads,
     register_preset_with,
     register_stage,
+    registration_seed,
 )
 
 #: FireANTs settings (config ``template.fireants`` / ``segmentation.registration.fireants``).
@@ -250,7 +252,7 @@ def run_fireants(
     import torch
 
     s = dict(DEFAULTS, **(settings or {}))
-    fixed_sitk, moving_sitk = _sitk(fixed), _sitk(moving)
+    fixed_sitk, moving_sitk = as_sitk(fixed), as_sitk(moving)
     if deformable and min(fixed_sitk.GetSize()) < MIN_SIDE:
         raise ValueError(
             f"fireants deformable registration needs a fixed image of at least {MIN_SIDE}"
@@ -260,8 +262,8 @@ def run_fireants(
     from fireants.registration.greedy import GreedyRegistration
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(_threads())
-    torch.manual_seed(_seed(seed))
+    torch.set_num_threads(itk_threads())
+    torch.manual_seed(registration_seed(seed))
     try:
         with warnings.catch_warnings():  # FireANTs' logger.warn calls (deprecated)
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -29,13 +29,20 @@ Settings: a registration stage's ``params`` (``template.affine`` / ``template.sy
 from __future__ import annotations
 
 import io as _io
-import os
 import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .transforms import Registration, invert_warp, register_preset_with, register_stage
+from .transforms import (
+    Registration,
+    as_sitk,
+    invert_warp,
+    itk_threads,
+    register_preset_with,
+    register_stage,
+    registration_seed,
+)
 
 #: Greedy settings (config ``template.greedy`` / ``segmentation.registration.greedy``).
 #: ``iterations`` per level coarse to fine (level ``i`` of ``n`` at shrink ``2^(n-1-i)``);
@@ -53,24 +60,6 @@ DEFAULTS = {
 }
 
 
-def _is_sitk(image) -> bool:
-    return type(image).__module__.startswith("SimpleITK")
-
-
-def _sitk(image):
-    """``ants.ANTsImage`` -> SimpleITK image with the same grid (both ITK/LPS headers); a
-    SimpleITK image is returned as it is."""
-    import SimpleITK as sitk
-
-    if _is_sitk(image):
-        return image
-    out = sitk.GetImageFromArray(np.ascontiguousarray(image.numpy().T, dtype=np.float32))
-    out.SetOrigin(tuple(float(v) for v in image.origin))
-    out.SetSpacing(tuple(float(v) for v in image.spacing))
-    out.SetDirection(tuple(float(v) for v in np.asarray(image.direction).ravel()))
-    return out
-
-
 def _metric(name: str, radius: int) -> str:
     name = str(name).upper()
     return f"{name} {'x'.join([str(int(radius))] * 3)}" if name in ("NCC", "WNCC") else name
@@ -78,11 +67,6 @@ def _metric(name: str, radius: int) -> str:
 
 def _levels(iterations) -> str:
     return "x".join(str(int(n)) for n in iterations)
-
-
-def _threads() -> int:
-    """Greedy threads: the ITK thread count :func:`atlas.registration.set_determinism` set."""
-    return int(os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", os.cpu_count() or 1))
 
 
 def run_greedy(
@@ -131,11 +115,11 @@ def run_greedy(
 
     s = dict(DEFAULTS, **(settings or {}))
     g = Greedy3D()
-    images = {"fix": _sitk(fixed), "mov": _sitk(moving), "aff": None}
+    images = {"fix": as_sitk(fixed), "mov": as_sitk(moving), "aff": None}
     mask = ""
     if fixed_mask is not None:
-        images["gmask"], mask = _sitk(fixed_mask), "-gm gmask"
-    common = f"-d 3 -threads {_threads()} -seed {_seed(seed)} -i fix mov {mask}"
+        images["gmask"], mask = as_sitk(fixed_mask), "-gm gmask"
+    common = f"-d 3 -threads {itk_threads()} -seed {registration_seed(seed)} -i fix mov {mask}"
     log = _io.StringIO()
     with tempfile.TemporaryDirectory(prefix="atlas-greedy-") as tmp:
         init = f"{tmp}/init.mat"  # Greedy reads an initial matrix from a file only
@@ -172,12 +156,6 @@ def _reslice(g, transforms: str, log):
     """``mov`` resampled onto ``fix`` through ``transforms`` (Greedy's cache names)."""
     g.execute(f"-d 3 -rf fix -rm mov resliced -r {transforms}", out=log, err=log, resliced=None)
     return g["resliced"]
-
-
-def _seed(seed) -> int:
-    if seed is None:
-        seed = os.environ.get("ANTS_RANDOM_SEED", 1)
-    return int(seed) or 1  # Greedy: 0 = unseeded
 
 
 def register(

@@ -9,6 +9,7 @@ moving image first.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,6 +196,39 @@ def warped_by(fixed, moving, affine_path, warp_path=None):
     return ants.apply_transforms(fixed, moving, transforms)
 
 
+def is_sitk(image) -> bool:
+    """Whether ``image`` is a SimpleITK image (else an ``ants.ANTsImage``)."""
+    return type(image).__module__.startswith("SimpleITK")
+
+
+def as_sitk(image):
+    """``ants.ANTsImage`` -> SimpleITK image with the same grid (both ITK/LPS headers); a
+    SimpleITK image is returned as it is (the greedy and fireants backends)."""
+    import SimpleITK as sitk
+
+    if is_sitk(image):
+        return image
+    out = sitk.GetImageFromArray(np.ascontiguousarray(image.numpy().T, dtype=np.float32))
+    out.SetOrigin(tuple(float(v) for v in image.origin))
+    out.SetSpacing(tuple(float(v) for v in image.spacing))
+    out.SetDirection(tuple(float(v) for v in np.asarray(image.direction).ravel()))
+    return out
+
+
+def itk_threads() -> int:
+    """Threads of a non-ANTs backend: the ITK thread count
+    :func:`atlas.registration.set_determinism` set (else every CPU)."""
+    return int(os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", os.cpu_count() or 1))
+
+
+def registration_seed(seed) -> int:
+    """A backend's random seed: ``seed``, else ``ANTS_RANDOM_SEED`` (set by
+    :func:`atlas.registration.set_determinism`), else 1; never 0 (Greedy: 0 = unseeded)."""
+    if seed is None:
+        seed = os.environ.get("ANTS_RANDOM_SEED", 1)
+    return int(seed) or 1
+
+
 def register_stage(
     run, key, fixed, moving, params, affine_out, warp_out, inverse_warp_out, initial_transform
 ):
@@ -213,7 +247,7 @@ def register_stage(
     from . import check_stage
 
     transform = check_stage(params, warp_out, inverse_warp_out)
-    in_memory = type(fixed).__module__.startswith("SimpleITK")
+    in_memory = is_sitk(fixed)
     affine, warp, inverse, *resliced = run(
         fixed,
         moving,
