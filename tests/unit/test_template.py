@@ -9,7 +9,7 @@ from atlas import metrics
 from atlas.learn.layers import integrate_velocity
 from atlas.preprocess import mni152_path, reference_grid
 from atlas.registration import register, set_determinism
-from atlas.registration.greedy import _sitk
+from atlas.registration.transforms import as_sitk
 from atlas.template import average_images, shape_update, sharpen
 from atlas.template.methods import average_affine_no_rigid, voxels
 
@@ -60,14 +60,14 @@ def test_shape_update_moves_template_to_population_centre(brain, tmp_path):
         _field(_constant_warp(image, t, tmp_path / f"w{i}.nii.gz")) for i, t in enumerate(shifts)
     ]
     affines = [_identity_affine(tmp_path / f"a{i}.mat") for i in range(len(shifts))]
-    updated, magnitude = shape_update(_sitk(image), affines, warps, gradient_step=1.0)
+    updated, magnitude = shape_update(as_sitk(image), affines, warps, gradient_step=1.0)
     mean_shift = np.mean(shifts, axis=0)  # (4, 0, 0) mm
     moved = np.subtract(ants.get_center_of_mass(_ants(updated)), ants.get_center_of_mass(image))
     # linear interpolation of a smooth brain keeps the centroid to well under a voxel (4 mm)
     np.testing.assert_allclose(moved, mean_shift, atol=0.5)
     np.testing.assert_allclose(magnitude, np.linalg.norm(mean_shift), rtol=1e-5)
     # half the step moves the template half way
-    half, _ = shape_update(_sitk(image), affines, warps, gradient_step=0.5)
+    half, _ = shape_update(as_sitk(image), affines, warps, gradient_step=0.5)
     moved = np.subtract(ants.get_center_of_mass(_ants(half)), ants.get_center_of_mass(image))
     np.testing.assert_allclose(moved, mean_shift / 2, atol=0.5)
 
@@ -87,7 +87,7 @@ def test_affine_shape_update_removes_mean_scaling(brain, tmp_path):
         )
         affines.append(str(tmp_path / f"s{i}.mat"))
         ants.write_transform(tx, affines[-1])
-    updated, _ = shape_update(_sitk(image), affines, None)
+    updated, _ = shape_update(as_sitk(image), affines, None)
     # forward affine maps template points to subject points scaled by 1.1, i.e. subjects are
     # larger; the updated template must be 1.1^3 = 1.331 times the volume. The intensity
     # integral scales exactly with volume; 2 % allows for linear-interpolation loss
@@ -168,7 +168,7 @@ def test_mean_affine_and_update_match_ants(brain, tmp_path):
         image, image, [str(tmp_path / "scaled.nii.gz"), mean_file], whichtoinvert=[False, True]
     )
     expected = expected * 0.75 + ants.iMath(expected, "Sharpen") * 0.25
-    updated, _ = shape_update(_sitk(image), affines, [_field(w) for w in warps], 0.2)
+    updated, _ = shape_update(as_sitk(image), affines, [_field(w) for w in warps], 0.2)
     diff = np.abs(voxels(sharpen(updated)) - expected.numpy())[mask.numpy() > 0]
     span = float(image.max() - image.min())
     assert diff.mean() < 2.5e-3 * span
@@ -210,7 +210,7 @@ def test_template_of_known_warps_recovers_original(tmp_path):
         "metric_param": 2,
         "iterations": [40, 20, 10],
     }
-    template = _ants(average_images([_sitk(s) for s in subjects]))
+    template = _ants(average_images([as_sitk(s) for s in subjects]))
     start = metrics.ncc(template.numpy(), image.numpy(), m)
     for k in range(3):
         warped, affines, warps = [], [], []
@@ -220,7 +220,7 @@ def test_template_of_known_warps_recovers_original(tmp_path):
             warped.append(
                 register(template, s, params, affines[-1], warps[-1], f"{warps[-1]}.inv.nii.gz")
             )
-        avg = average_images([_sitk(w) for w in warped])
+        avg = average_images([as_sitk(w) for w in warped])
         template = _ants(shape_update(avg, affines, [_field(w) for w in warps], 1.0)[0])
     end = metrics.ncc(template.numpy(), image.numpy(), m)
     # measured: each subject 0.87-0.89 with the original, their plain mean 0.958 (blurred),
@@ -250,8 +250,8 @@ def test_average_methods():
     unit mean over its non-zero voxels, then rescaled by the mean of those means)."""
     base = np.zeros((4, 5, 6), np.float32)
     base[1:3, 1:4, 1:5] = 1.0
-    images = [_sitk(ants.from_numpy(base * g)) for g in (1.0, 2.0, 3.0)]
-    outlier = _sitk(ants.from_numpy(base * 100.0))
+    images = [as_sitk(ants.from_numpy(base * g)) for g in (1.0, 2.0, 3.0)]
+    outlier = as_sitk(ants.from_numpy(base * 100.0))
     np.testing.assert_allclose(voxels(average_images(images, "mean")), base * 2.0, rtol=1e-6)
     med = voxels(average_images([*images[:2], outlier], "median"))
     np.testing.assert_allclose(med, base * 2.0, rtol=1e-6)
