@@ -32,7 +32,7 @@ _EXPORTS = {
     "evaluate_segmentation": "evaluation",
     "evaluation_summary": "evaluation",
     "leave_one_out": "evaluation",
-    "FUSION_METHODS": "fusion",
+    "FUSION_METHODS": "plan",
     "fuse": "fusion",
     "joint_label_fusion": "fusion",
     "local_correlation": "fusion",

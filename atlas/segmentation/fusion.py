@@ -19,8 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-FUSION_METHODS = ("majority", "weighted", "jlf", "staple")
-"""Method names accepted by :func:`fuse`."""
+from .plan import FUSION_METHODS
 
 
 def _fusion_mask(atlas_labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

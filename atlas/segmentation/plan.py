@@ -21,9 +21,11 @@ import pandas as pd
 
 from ..bids import find_t1w
 from ..io import InputError, check_nifti
-from .fusion import FUSION_METHODS
 from .labels import read_label_table
 from .volumes import TOTALS
+
+FUSION_METHODS = ("majority", "weighted", "jlf", "staple")
+"""Label-fusion methods by config name, accepted by :func:`atlas.segmentation.fusion.fuse`."""
 
 EVALUATION_MODES = ("none", "loo", "split")
 """Values of ``segmentation.evaluation.mode``."""
