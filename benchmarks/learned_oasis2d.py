@@ -420,6 +420,7 @@ def design_variant(args, name: str) -> dict:
             "disc_warmup_steps": args.steps // 3,
             "checkpoint_every": max(1, args.steps // 4),
             "log_every": max(1, args.steps // 10),
+            "seed": args.seed,
         }
         result = train(options | VARIANTS[name], training, out / "model")
     train_seconds, train_cpu = time.perf_counter() - tic, time.process_time() - cpu
@@ -463,6 +464,7 @@ def run_design(args) -> list:
         cmd += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
         cmd += ["--threads", str(args.threads), "--k", str(args.k), "--data", args.data]
         cmd += ["--downsample", str(args.downsample), "--baseline-n", str(args.baseline_n)]
+        cmd += ["--seed", str(args.seed)]
         subprocess.run(cmd, check=True)
         return json.loads((Path(args.out) / name / "report.json").read_text())
 
@@ -538,6 +540,9 @@ def add_design_arguments(parser) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="design: variants run at a time")
     parser.add_argument("--design-variant", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--downsample", type=int, default=1, help="design: grid factor")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="design: torch seed of training (train.seed)"
+    )
 
 
 def main(argv=None) -> dict:
