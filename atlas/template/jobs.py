@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def init(*, images, out_template, average):
     """template_0: average of the affinely normalised images (``average``: mean, median,
     normalized_mean; :func:`atlas.template.methods.average_images`)."""
-    io.write_sitk(average_images([io.read_sitk(p) for p in images], average), out_template)
+    io.write_sitk(average_images((io.read_sitk(p) for p in images), average), out_template)
 
 
 def update(
@@ -58,9 +58,17 @@ def update(
     old = io.read_sitk(template)
     old_arr = voxels(old)
     m = metrics.foreground(old_arr)
-    images = [io.read_sitk(p) for p in warped]
-    avg = average_images(images, average)
-    fields = [io.read_sitk(p, vector=True) for p in warps] if warps else None
+    nccs = []
+
+    def read_warped():  # one warped image in memory at a time (except for the median)
+        for path in warped:
+            image = io.read_sitk(path)
+            nccs.append(metrics.ncc(voxels(image), old_arr, m))
+            yield image
+
+    avg = average_images(read_warped(), average)
+    # a generator: the mean field is accumulated one subject's field at a time
+    fields = (io.read_sitk(p, vector=True) for p in warps) if warps else None
     new, magnitude = shape_update(avg, affines, fields, gradient_step)
     if do_sharpen:
         new = sharpen(new)
@@ -70,7 +78,7 @@ def update(
         "mean_warp_mm": float(magnitude[m].mean()) if magnitude is not None else np.nan,
         "max_warp_mm": float(magnitude[m].max()) if magnitude is not None else np.nan,
         "template_change": template_change(new, old, m),
-        "mean_ncc": float(np.mean([metrics.ncc(voxels(im), old_arr, m) for im in images])),
+        "mean_ncc": float(np.mean(nccs)),
     }
     table = pd.DataFrame([row])
     io.write_all([(io.write_sitk, new, out_template), (io.write_tsv, table, out_row)])

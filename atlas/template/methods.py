@@ -20,6 +20,8 @@ Sharpen``), checked against ANTs in ``tests/unit/test_template_methods.py``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -44,30 +46,42 @@ def _image(array: np.ndarray, like: sitk.Image) -> sitk.Image:
     return out
 
 
-def average_images(images: list[sitk.Image], method: str = "mean") -> sitk.Image:
+def average_images(images: Iterable[sitk.Image], method: str = "mean") -> sitk.Image:
     """Voxel-wise average of images on one grid.
 
     ``mean``; ``median``; ``normalized_mean``: each image divided by its mean
     intensity over non-zero voxels before the mean (ANTs ``AverageImages`` normalize=1),
-    then rescaled by the average of those means so intensities stay comparable.
+    then rescaled by the average of those means so intensities stay comparable. The means
+    are accumulated one image at a time (a generator keeps one image in memory); the median
+    needs them all.
 
     Raises
     ------
-    ValueError for an empty list, grids that differ, or an unknown method.
+    ValueError for no images, grids that differ, or an unknown method.
     """
-    if not images:
-        raise ValueError("no images to average")
-    stack = np.stack([voxels(im) for im in images])
-    if method == "mean":
-        avg = stack.mean(0)
-    elif method == "median":
-        avg = np.median(stack, 0)
-    elif method == "normalized_mean":
-        means = np.array([s[s != 0].mean() if np.any(s != 0) else 1.0 for s in stack])
-        avg = (stack / means[:, None, None, None]).mean(0) * means.mean()
-    else:
+    if method not in ("mean", "median", "normalized_mean"):
         raise ValueError(f"unknown averaging method {method!r}")
-    return _image(avg, images[0])
+    like, total, n, means, stack = None, 0.0, 0, [], []
+    for im in images:
+        arr = voxels(im).astype(np.float64)
+        if like is None:
+            like = im
+        elif im.GetSize() != like.GetSize():
+            raise ValueError("images to average are on different grids")
+        if method == "median":
+            stack.append(arr)
+            continue
+        if method == "normalized_mean":
+            means.append(arr[arr != 0].mean() if np.any(arr != 0) else 1.0)
+            arr = arr / means[-1]
+        total, n = total + arr, n + 1
+    if like is None:
+        raise ValueError("no images to average")
+    if method == "median":
+        avg = np.median(np.stack(stack), 0)
+    else:
+        avg = total / n * (np.mean(means) if means else 1.0)
+    return _image(avg, like)
 
 
 def average_affine_no_rigid(matrices: np.ndarray) -> np.ndarray:
@@ -107,13 +121,25 @@ def _mean_affine(affines) -> sitk.AffineTransform:
     return out
 
 
-def mean_displacement(warps: list[sitk.Image]) -> sitk.Image:
-    """Voxel-wise mean of displacement fields (mm, LPS components) on one grid."""
-    acc = None
+def mean_displacement(warps: Iterable[sitk.Image]) -> sitk.Image:
+    """Voxel-wise mean of displacement fields (mm, LPS components) on one grid.
+
+    The fields are summed one at a time, so a generator that reads each from disk keeps one
+    field in memory (a 2 mm MNI-grid field is 16 MB: a list of 1000 would be 16 GB).
+
+    Raises
+    ------
+    ValueError when ``warps`` is empty.
+    """
+    acc, like, n = None, None, 0
     for w in warps:
         arr = voxels(w).astype(np.float64)
         acc = arr if acc is None else acc + arr
-    return _image(acc / len(warps), warps[0])
+        like = w if like is None else like
+        n += 1
+    if not n:
+        raise ValueError("no displacement fields to average")
+    return _image(acc / n, like)
 
 
 def _resample(image: sitk.Image, like: sitk.Image, transform) -> sitk.Image:
@@ -125,7 +151,7 @@ def _resample(image: sitk.Image, like: sitk.Image, transform) -> sitk.Image:
 def shape_update(
     average: sitk.Image,
     affines,
-    warps: list[sitk.Image] | None = None,
+    warps: Iterable[sitk.Image] | None = None,
     gradient_step: float = 0.2,
 ) -> tuple[sitk.Image, np.ndarray | None]:
     """SyGN shape update of an averaged image (``shapeupdatetotemplate`` in ANTs).
@@ -135,8 +161,9 @@ def shape_update(
     average : the mean of the subjects warped to the current template.
     affines : forward affine files of this iteration (template -> subject); their mean
         without the rigid part (:func:`average_affine_no_rigid`) is inverted.
-    warps : forward displacement fields (template -> subject, mm), or None for an
-        affine-only iteration.
+    warps : forward displacement fields (template -> subject, mm), any iterable (a generator
+        reading them one at a time keeps one in memory: :func:`mean_displacement`), or None
+        for an affine-only iteration.
     gradient_step : fraction of the mean warp applied (ANTs ``-g``; 0.2 in ants.build_template).
 
     Returns
@@ -145,11 +172,12 @@ def shape_update(
     in mm on that grid or None for an affine iteration).
     """
     inverse = _mean_affine(affines).GetInverse()
-    if not warps:
+    if warps is None:
         return _resample(average, average, inverse), None
-    wavg = voxels(mean_displacement(warps))
+    mean = mean_displacement(warps)
+    wavg = voxels(mean)
     magnitude = np.linalg.norm(wavg, axis=-1)
-    scaled = sitk.Cast(_image(wavg * -float(gradient_step), warps[0]), sitk.sitkVectorFloat64)
+    scaled = sitk.Cast(_image(wavg * -float(gradient_step), mean), sitk.sitkVectorFloat64)
     warp = sitk.DisplacementFieldTransform(_resample(scaled, average, inverse))
     # SimpleITK's CompositeTransform([A, W]) maps x -> A(W(x)): ANTs' list [W, A]
     return _resample(average, average, sitk.CompositeTransform([inverse, warp])), magnitude

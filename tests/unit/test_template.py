@@ -11,7 +11,7 @@ from atlas.preprocess import mni152_path, reference_grid
 from atlas.registration import register, set_determinism
 from atlas.registration.transforms import as_sitk
 from atlas.template import average_images, shape_update, sharpen
-from atlas.template.methods import average_affine_no_rigid, voxels
+from atlas.template.methods import average_affine_no_rigid, mean_displacement, voxels
 
 
 def _ants(image):
@@ -60,7 +60,8 @@ def test_shape_update_moves_template_to_population_centre(brain, tmp_path):
         _field(_constant_warp(image, t, tmp_path / f"w{i}.nii.gz")) for i, t in enumerate(shifts)
     ]
     affines = [_identity_affine(tmp_path / f"a{i}.mat") for i in range(len(shifts))]
-    updated, magnitude = shape_update(as_sitk(image), affines, warps, gradient_step=1.0)
+    # a generator, as the update job passes the fields (one in memory at a time)
+    updated, magnitude = shape_update(as_sitk(image), affines, iter(warps), gradient_step=1.0)
     mean_shift = np.mean(shifts, axis=0)  # (4, 0, 0) mm
     moved = np.subtract(ants.get_center_of_mass(_ants(updated)), ants.get_center_of_mass(image))
     # linear interpolation of a smooth brain keeps the centroid to well under a voxel (4 mm)
@@ -70,6 +71,11 @@ def test_shape_update_moves_template_to_population_centre(brain, tmp_path):
     half, _ = shape_update(as_sitk(image), affines, warps, gradient_step=0.5)
     moved = np.subtract(ants.get_center_of_mass(_ants(half)), ants.get_center_of_mass(image))
     np.testing.assert_allclose(moved, mean_shift / 2, atol=0.5)
+
+
+def test_mean_displacement_of_no_fields_is_an_error():
+    with pytest.raises(ValueError, match="no displacement fields"):
+        mean_displacement(iter([]))
 
 
 def test_affine_shape_update_removes_mean_scaling(brain, tmp_path):
@@ -252,7 +258,8 @@ def test_average_methods():
     base[1:3, 1:4, 1:5] = 1.0
     images = [as_sitk(ants.from_numpy(base * g)) for g in (1.0, 2.0, 3.0)]
     outlier = as_sitk(ants.from_numpy(base * 100.0))
-    np.testing.assert_allclose(voxels(average_images(images, "mean")), base * 2.0, rtol=1e-6)
+    # a generator, as the update job passes the warped images
+    np.testing.assert_allclose(voxels(average_images(iter(images), "mean")), base * 2.0, rtol=1e-6)
     med = voxels(average_images([*images[:2], outlier], "median"))
     np.testing.assert_allclose(med, base * 2.0, rtol=1e-6)
     # gains 1, 2, 3 are removed; the result keeps the cohort's mean intensity (2)
@@ -263,3 +270,6 @@ def test_average_methods():
         average_images(images, "mode")
     with pytest.raises(ValueError, match="no images"):
         average_images([], "mean")
+    other = as_sitk(ants.from_numpy(np.zeros((4, 5, 7), np.float32)))
+    with pytest.raises(ValueError, match="different grids"):
+        average_images([images[0], other], "mean")
