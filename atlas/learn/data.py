@@ -154,7 +154,9 @@ def attribute_matrix(ages, sex=None, age_mean: float = 0.0, age_std: float = 1.0
     return np.stack(cols, axis=1).astype(np.float32)
 
 
-def load_cohort(images, ages, sex=None, subjects=(), labels=None) -> Cohort:
+def load_cohort(
+    images, ages, sex=None, subjects=(), labels=None, tissues=None, tissue_names=()
+) -> Cohort:
     """Read a :class:`Cohort` from NIfTI files on one grid.
 
     Parameters
@@ -164,11 +166,16 @@ def load_cohort(images, ages, sex=None, subjects=(), labels=None) -> Cohort:
     sex : optional ``F``/``M`` per subject (kept when every subject has one).
     subjects : subject ids, one per image.
     labels : optional label-map paths, one per image (stored as int16).
+    tissues : optional tissue-segmentation paths, one per image (stored as int16), 0 =
+        background and ``k`` = tissue ``tissue_names[k - 1]`` (e.g. the Atropos maps of
+        :func:`atlas.learn.jobs.atropos_tissues`: 1 = CSF, 2 = GM, 3 = WM).
+    tissue_names : names of the tissue ids of ``tissues``.
 
     Raises
     ------
-    ValueError if there is no image, or an image or label map is not on the grid (shape
-    and affine within 1e-4) of the first image.
+    ValueError if there is no image, an image, label map or tissue map is not on the grid
+    (shape and affine within 1e-4) of the first image, or a tissue map has an id beyond
+    ``tissue_names``.
     """
     images = [Path(p) for p in images]
     if not images:
@@ -190,6 +197,8 @@ def load_cohort(images, ages, sex=None, subjects=(), labels=None) -> Cohort:
         sex=sex_codes(sex),
         labels=None if labels is None else np.stack([read(p, np.int16) for p in labels]),
         subjects=list(subjects),
+        tissues=None if tissues is None else np.stack([read(p, np.int16) for p in tissues]),
+        tissue_names=list(tissue_names),
     )
 
 

@@ -36,6 +36,7 @@ import torch
 
 from .. import io
 from ..registration import read_affine_ras, read_warp, write_warp
+from ..segmentation.labels import TISSUE_CLASSES
 from . import evaluation
 from .aarn import AARN, fit_aarn, mean_scale
 from .data import load_bids_cohort, load_cohort, to_years
@@ -52,6 +53,7 @@ from .training import train
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "atropos_tissues",
     "train_atlas",
     "fit_age_affines",
     "sample_atlases",
@@ -75,14 +77,20 @@ def _load(path, dtype=np.float32) -> np.ndarray:
 
 
 def _labels_in_reference(labels, normalisation, reference) -> np.ndarray:
-    """Native labels -> reference grid through the normalisation affine (nearest)."""
+    """Native labels (path) -> reference grid (path) through the normalisation affine
+    (nearest neighbour); int32 array on the reference grid."""
+    moved = _carry_labels(io.read_image(labels), normalisation, io.read_image(reference))
+    return moved.numpy().round().astype(np.int32)
+
+
+def _carry_labels(labels, normalisation, reference, interpolator="nearestNeighbor"):
+    """A label map in an image's own space (ANTs image) resampled onto the ``reference``
+    grid (ANTs image) through that image's normalisation affine (ANTs ``.mat`` path, reference
+    points -> image points). ``interpolator``: ``nearestNeighbor`` or ``genericLabel`` (each
+    label's indicator interpolated linearly, the largest wins: smoother borders)."""
     import ants
 
-    ref = io.read_image(reference)
-    out = ants.apply_transforms(
-        ref, io.read_image(labels), [str(normalisation)], interpolator="nearestNeighbor"
-    )
-    return out.numpy().round().astype(np.int32)
+    return ants.apply_transforms(reference, labels, [str(normalisation)], interpolator=interpolator)
 
 
 def train_atlas(
@@ -99,6 +107,7 @@ def train_atlas(
     ages=None,
     sex=None,
     subjects=None,
+    tissues=None,
     participants=None,
     image_suffix=None,
     label_suffix=None,
@@ -107,25 +116,31 @@ def train_atlas(
     """Train (or resume) the conditional atlas and publish model, losses and loss curve.
 
     Either ``images`` (this run's normalised NIfTI files) with ``ages`` (in ``age_units``),
-    ``sex`` (F/M) and ``subjects``; or ``participants``, the ``participants.tsv`` of a BIDS
-    dataset already aligned to one grid, read by :func:`atlas.learn.load_bids_cohort` with
-    ``image_suffix``, ``label_suffix`` (None: no labels) and ``tissue_suffix`` (None: no
-    tissue maps; else grouped into tissues by the dataset's label table). ``hyper`` holds
-    keys of
-    :data:`atlas.learn.DEFAULT_CONFIG`; checkpoints live in ``checkpoint_dir``, which a
-    failed or killed job leaves in place, so rerunning the rule resumes from the last
-    checkpoint (raising ``steps`` continues a finished training).
+    ``sex`` (F/M), ``subjects`` and, for a tissue-guided atlas, ``tissues`` (one Atropos
+    tissue map per image, same order: :func:`atropos_tissues`); or ``participants``, the
+    ``participants.tsv`` of a BIDS dataset already aligned to one grid, read by
+    :func:`atlas.learn.load_bids_cohort` with ``image_suffix``, ``label_suffix`` (None: no
+    labels) and ``tissue_suffix`` (None: no tissue maps; else grouped into tissues by the
+    dataset's label table). ``hyper`` holds keys of :data:`atlas.learn.DEFAULT_CONFIG`;
+    checkpoints live in ``checkpoint_dir``, which a failed or killed job leaves in place, so
+    rerunning the rule resumes from the last checkpoint (raising ``steps`` continues a
+    finished training).
 
     Raises
     ------
-    ValueError unless exactly one of ``images`` and ``participants`` is given, or when the
-    checkpoint was trained with other settings (the message says to delete it).
+    ValueError unless exactly one of ``images`` and ``participants`` is given, with
+    ``tissues`` but no ``images``, or when the checkpoint was trained with other settings (the
+    message says to delete it).
     """
     _set_threads(threads)
     if (images is None) == (participants is None):
         raise ValueError("train_atlas needs either images (cohort) or participants (dataset)")
+    if tissues is not None and images is None:
+        raise ValueError("train_atlas: tissues are the tissue maps of images (cohort source)")
     if images is not None:
-        cohort = load_cohort(images, to_years(ages, age_units), sex, subjects)
+        names = TISSUE_CLASSES if tissues is not None else ()
+        years = to_years(ages, age_units)
+        cohort = load_cohort(images, years, sex, subjects, tissues=tissues, tissue_names=names)
     else:
         root = Path(participants).parent
         cohort = load_bids_cohort(root, image_suffix, label_suffix, tissue_suffix=tissue_suffix)
@@ -151,6 +166,42 @@ def train_atlas(
     io.copy_file(result["losses"], out_losses)
     io.copy_file(result["loss_curve"], out_loss_curve)
     log.info("final loss %.4g", result["final_loss"])
+
+
+def atropos_tissues(*, image, mask, normalisation, reference, out_dseg, mrf=0.1):
+    """Tissue map of one training image of a cohort source (``learned.tissue_weight > 0``).
+
+    Three-class Atropos (Avants et al. 2011, Neuroinformatics 9:381), k-means initialised,
+    of the preprocessed image inside its brain mask, in the image's own space
+    (:func:`atlas.segmentation.tissue.atropos_tissue`, the segmentation stage's method),
+    carried onto the reference grid of the normalised training image by its normalisation
+    affine with ANTs' ``genericLabel`` interpolation. The classes are ordered by mean
+    intensity (CSF < GM < WM on a T1w brain); in T1w scans of infants younger than about
+    8 months, whose white matter is darker than or as bright as grey matter, the order is
+    not the tissues' and the map is an intensity-class map.
+
+    Parameters
+    ----------
+    image : preprocessed skull-stripped T1w (``<img>_desc-preproc_T1w``).
+    mask : its brain mask (``<img>_desc-brain_mask``, same grid).
+    normalisation : ANTs affine ``<img>_from-T1w_to-<ref>_mode-image_xfm.mat``.
+    reference : reference image (grid of the normalised images).
+    out_dseg : uint8 NIfTI on the reference grid: 0 background, 1 CSF, 2 GM, 3 WM
+        (:data:`atlas.segmentation.labels.TISSUE_CLASSES` order), read by
+        :func:`train_atlas` as ``tissues``.
+    mrf : Atropos Markov random field weight (higher is smoother).
+
+    Raises
+    ------
+    ValueError if the image and the mask are not on one grid.
+    """
+    from ..segmentation.tissue import atropos_tissue
+
+    subject = io.read_image(image)
+    dseg, _ = atropos_tissue(subject, io.read_image(mask), mrf=mrf)
+    native = subject.new_image_like(dseg.astype(np.float32))
+    moved = _carry_labels(native, normalisation, io.read_image(reference), "genericLabel")
+    io.write_image(moved.astype("uint8"), out_dseg)
 
 
 def fit_age_affines(*, affines, out_aarn, out_table, ages, sample_ages, age_units, seed):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..io import InputError
+from ..segmentation.labels import TISSUE_CLASSES
 from .data import read_tissue_table, sex_codes, tissue_lookup
 
 
@@ -32,8 +33,10 @@ class LearnedPlan:
     eval_labels : ``evaluation_labels`` for a cohort source, else None (no evaluation).
     device : torch device of the training job (``"cuda"`` with ``use_gpu``, else
         ``"auto"``: CUDA when visible, else CPU).
-    tissue_names : tissues of the learned tissue maps (``learned.tissue_weight > 0``),
-        read from the dataset's label table of ``learned.tissue_suffix``; empty otherwise.
+    tissue_names : tissues of the learned tissue maps (``learned.tissue_weight > 0``):
+        CSF, GM, WM for a cohort source (Atropos, :func:`atlas.learn.jobs.atropos_tissues`),
+        else read from the dataset's label table of ``learned.tissue_suffix``; empty
+        otherwise.
     """
 
     name: str
@@ -62,10 +65,16 @@ def plan_learned(lcfg: dict, res_label: str) -> LearnedPlan:
 
 
 def tissue_names(lcfg: dict) -> list:
-    """Tissues learned by the atlas: from ``<learned.source>/<learned.tissue_suffix>.tsv``
-    (:func:`atlas.learn.data.tissue_lookup`) when ``learned.tissue_weight > 0`` and the
-    table exists; else ``[]`` (:func:`check_learned_config` reports a missing table)."""
-    if lcfg["tissue_weight"] <= 0 or lcfg["source"] == "cohort" or not lcfg["tissue_suffix"]:
+    """Tissues learned by the atlas when ``learned.tissue_weight > 0``: for a cohort source
+    the Atropos classes :data:`atlas.segmentation.labels.TISSUE_CLASSES` (CSF, GM, WM); for
+    a dataset source those of ``<learned.source>/<learned.tissue_suffix>.tsv``
+    (:func:`atlas.learn.data.tissue_lookup`) when the table exists; else ``[]``
+    (:func:`check_learned_config` reports a missing table)."""
+    if lcfg["tissue_weight"] <= 0:
+        return []
+    if lcfg["source"] == "cohort":
+        return list(TISSUE_CLASSES)
+    if not lcfg["tissue_suffix"]:
         return []
     table = Path(lcfg["source"], f"{lcfg['tissue_suffix']}.tsv")
     return tissue_lookup(read_tissue_table(table))[1] if table.is_file() else []
@@ -100,8 +109,9 @@ def check_learned_config(lcfg: dict, images: pd.DataFrame) -> None:
     atlas.io.InputError naming the config key: a cohort source with an image without age,
     fewer than two images, or ``train.use_sex`` with an image without F/M sex; a dataset
     source without ``participants.tsv``; ``train.dice_weight > 0`` without a dataset source
-    and ``label_suffix``; ``tissue_weight > 0`` without a dataset source and
-    ``tissue_suffix``, with ``train.dice_weight > 0``, or with an unreadable tissue table.
+    and ``label_suffix``; ``tissue_weight > 0`` with ``train.dice_weight > 0``, with a cohort
+    source and a ``tissue_suffix`` (its tissue maps come from Atropos), or with a dataset
+    source without ``tissue_suffix`` or with an unreadable tissue table.
     """
     from_cohort = lcfg["source"] == "cohort"
     if from_cohort:
@@ -129,18 +139,27 @@ def check_learned_config(lcfg: dict, images: pd.DataFrame) -> None:
 
 
 def _check_tissues(lcfg: dict) -> None:
-    """The checks of ``learned.tissue_weight`` (see :func:`check_learned_config`)."""
+    """The checks of ``learned.tissue_weight`` and ``learned.tissue_suffix`` (see
+    :func:`check_learned_config`)."""
     if lcfg["tissue_weight"] <= 0:
         return
-    if lcfg["source"] == "cohort" or not lcfg["tissue_suffix"]:
-        raise InputError(
-            "config key learned.tissue_weight: > 0 needs a dataset source (learned.source) "
-            "with learned.tissue_suffix (tissues of a cohort source are not supported yet)"
-        )
     if lcfg["train"]["dice_weight"] > 0:
         raise InputError(
             "config key learned.tissue_weight: > 0 with learned.train.dice_weight > 0 would "
             "write two _dseg atlases; learn labels or tissues"
+        )
+    if lcfg["source"] == "cohort":
+        if lcfg["tissue_suffix"]:
+            raise InputError(
+                "config key learned.tissue_suffix: dataset source only; the tissue maps of a "
+                "cohort source (learned.source: cohort) come from Atropos on each "
+                "preprocessed image: set learned.tissue_suffix to null"
+            )
+        return
+    if not lcfg["tissue_suffix"]:
+        raise InputError(
+            "config key learned.tissue_weight: > 0 with a dataset source (learned.source) "
+            "needs learned.tissue_suffix, the file ending of its tissue segmentations"
         )
     table = Path(lcfg["source"], f"{lcfg['tissue_suffix']}.tsv")
     try:

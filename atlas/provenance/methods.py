@@ -192,10 +192,15 @@ def learned_text(config: dict, versions: dict) -> str:
     if not lcfg["enabled"]:
         return ""
     tr = lcfg["train"]
+    source = (
+        "its three-class Atropos segmentation (CSF, GM, WM by T1w intensity) [@avants2011]"
+        if lcfg["source"] == "cohort"
+        else "its tissue segmentation"
+    )
     tissue = (
         " The atlas also output tissue probability maps (softmax over background and "
-        "tissues), supervised by the soft Dice between the maps warped to each training "
-        f"subject and its tissue segmentation (weight {lcfg['tissue_weight']:g})."
+        "tissues), supervised by the soft Dice plus cross-entropy between the maps warped to "
+        f"each training subject and {source} (weight {lcfg['tissue_weight']:g})."
         if lcfg.get("tissue_weight", 0) > 0
         else ""
     )

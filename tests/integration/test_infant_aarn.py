@@ -5,9 +5,11 @@ The 8 skull-stripped scans of ``../shared/data/infant/bids`` (7 infants, 1-23 mo
 affine normalisation to the published BCP 4D infant atlas at 12 months, and the AARN fitted
 to the normalisation affines (rule ``learned_aarn``, ages in months). The brain roughly
 doubles in volume over the first two years, so the fitted isotropic scale must grow with age.
-About 2 minutes on 2 cores.
+About 2 minutes on 2 cores. A dry run checks that the tissue variants plan one Atropos
+tissue job per image (cohort source).
 """
 
+import re
 from pathlib import Path
 
 import ants
@@ -20,22 +22,38 @@ pytestmark = pytest.mark.integration
 AGES = [1, 6, 12, 24]  # months
 
 
-@pytest.fixture(scope="module")
-def aarn_table(shared_data, tmp_path_factory, run_workflow):
-    infant = shared_data / "infant"
+def _config(infant: Path, tmp: Path, **learned) -> dict:
+    """The infant run: 3 mm, normalised to the BCP 12-month atlas, ages in months."""
     bcp = infant / "templates" / "tpl-UNCBCP4DInfant"
-    tmp = tmp_path_factory.mktemp("infant")
-    config = {
+    return {
         "bids_dir": str(infant / "bids"),
         "output_dir": str(tmp / "out"),
         "work_dir": str(tmp / "work"),
         "resolution": 3.0,
         "reference": str(bcp / "tpl-UNCBCP4DInfant_cohort-12_desc-brain_T1w.nii.gz"),
-        "learned": {"enabled": True, "ages": AGES, "age_units": "months"},
+        "learned": {"enabled": True, "ages": AGES, "age_units": "months"} | learned,
     }
+
+
+@pytest.fixture(scope="module")
+def aarn_table(shared_data, tmp_path_factory, run_workflow):
+    infant = shared_data / "infant"
+    tmp = tmp_path_factory.mktemp("infant")
     table = tmp / "out" / "learned" / "aarn.tsv"
-    run_workflow(tmp, config, targets=[table])
+    run_workflow(tmp, _config(infant, tmp), targets=[table])
+    bcp = infant / "templates" / "tpl-UNCBCP4DInfant"
     return pd.read_csv(table, sep="\t").set_index("age"), bcp
+
+
+def test_tissue_variant_plans_one_atropos_job_per_image(shared_data, tmp_path, run_workflow):
+    """Cohort source with tissue_weight > 0 (GAN + tissue): a dry run plans one
+    learned_tissue job (Atropos) per image, each an input of the training job."""
+    config = _config(shared_data / "infant", tmp_path, tissue_weight=1.0, adversarial=True)
+    model = tmp_path / "out" / "learned" / "model.pt"
+    proc = run_workflow(tmp_path, config, targets=[model, "--dry-run"])
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.MULTILINE))
+    assert counts["learned_tissue"] == counts["normalise"] == "8"
+    assert counts["learned_train"] == "1"
 
 
 def _brain_ml(bcp: Path, cohort: int) -> float:

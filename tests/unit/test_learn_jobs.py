@@ -371,3 +371,87 @@ def test_train_atlas_from_a_bids_dataset_with_labels(tmp_path):
     )
     dseg = nib.load(tpl / "tpl-dsLearned_cohort-1_res-1_dseg.nii.gz")
     assert dseg.shape == (16, 16, 1) and dseg.get_data_dtype() == np.int16
+
+
+def _shells(shape=(32, 32, 32), seed=0):
+    """Known tissue classes in concentric shells (WM core r < 6, GM shell r < 9, CSF shell r
+    < 12 voxels; 3 / 2 / 1, 0 outside) and a T1w-like image of them: WM 0.9, GM 0.5, CSF 0.2,
+    Gaussian noise SD 0.03 inside the brain."""
+    r = np.sqrt(((np.indices(shape) - (np.array(shape)[:, None, None, None] - 1) / 2) ** 2).sum(0))
+    truth = np.select([r < 6, r < 9, r < 12], [3, 2, 1], 0).astype(np.int16)
+    noise = np.random.default_rng(seed).normal(0.0, 0.03, shape)
+    image = (np.array([0.0, 0.2, 0.5, 0.9])[truth] + noise * (truth > 0)).astype(np.float32)
+    return truth, image
+
+
+def test_atropos_tissues_finds_three_known_classes_on_the_reference_grid(tmp_path):
+    """Atropos on a preprocessed image with three known intensity classes recovers them
+    (1 = CSF, 2 = GM, 3 = WM), and the map lands on the reference grid through the
+    normalisation affine: a 4 mm translation (reference point p -> image point p + 4 mm
+    along the first axis) on 2 mm voxels moves every label by 2 voxels."""
+    truth, image = _shells()
+    native = ants.from_numpy(image, spacing=(2.0, 2.0, 2.0))
+    ants.image_write(native, str(tmp_path / "preproc.nii.gz"))
+    ants.image_write(
+        native.new_image_like((truth > 0).astype(np.float32)), str(tmp_path / "mask.nii.gz")
+    )
+    ants.image_write(native, str(tmp_path / "reference.nii.gz"))
+    shift = ants.create_ants_transform(
+        transform_type="AffineTransform", dimension=3, translation=(4.0, 0.0, 0.0)
+    )
+    ants.write_transform(shift, str(tmp_path / "xfm.mat"))
+    out = tmp_path / "tissue" / "dseg.nii.gz"
+    ljobs.atropos_tissues(
+        image=tmp_path / "preproc.nii.gz",
+        mask=tmp_path / "mask.nii.gz",
+        normalisation=tmp_path / "xfm.mat",
+        reference=tmp_path / "reference.nii.gz",
+        out_dseg=out,
+    )
+    dseg = nib.load(out)
+    assert dseg.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(dseg.affine, nib.load(tmp_path / "reference.nii.gz").affine)
+    expected = np.zeros_like(truth)
+    expected[:-2] = truth[2:]
+    got = np.asarray(dseg.dataobj)
+    assert (got == expected).mean() > 0.999
+    assert list(tmp_path.joinpath("tissue").iterdir()) == [out]  # no temporary left over
+
+
+def test_train_atlas_on_a_cohort_with_atropos_tissue_maps(run, tmp_path):
+    """Cohort source, tissue variant: one Atropos map per normalised image (identity
+    normalisation), read by the training job as CSF, GM, WM; the sampled tissue maps are
+    probabilities."""
+    tissues = []
+    for i, image in enumerate(run["images"]):
+        mask = _save(
+            (nib.load(image).get_fdata() > 0.3).astype(np.uint8), tmp_path / f"m{i}.nii.gz"
+        )
+        tissues.append(tmp_path / f"sub-{i}_dseg.nii.gz")
+        ljobs.atropos_tissues(
+            image=image,
+            mask=mask,
+            normalisation=run["normalisation"][i],
+            reference=run["reference"],
+            out_dseg=tissues[-1],
+        )
+        assert set(np.unique(np.asarray(nib.load(tissues[-1]).dataobj))) == {0, 1, 2, 3}
+    common = dict(
+        out_model=tmp_path / "model.pt",
+        out_losses=tmp_path / "losses.tsv",
+        out_loss_curve=tmp_path / "loss.png",
+        hyper=dict(HYPER, steps=2, tissue_weight=1.0),
+        checkpoint_dir=tmp_path / "train",
+        device="cpu",
+        age_units="years",
+        threads=1,
+        tissues=tissues,
+    )
+    with pytest.raises(ValueError, match="tissues"):
+        ljobs.train_atlas(**common, participants=tmp_path / "participants.tsv")
+    ljobs.train_atlas(**common, images=run["images"], ages=AGES, subjects=["a", "b", "c"])
+    assert "tissue" in pd.read_csv(tmp_path / "losses.tsv", sep="\t")
+    atlas = LearnedAtlas(tmp_path / "model.pt")
+    assert list(atlas.tissue_names) == ["CSF", "GM", "WM"]
+    maps = np.asarray(atlas.tissue_maps([30.0])[0])
+    assert maps.min() >= 0 and np.allclose(maps.sum(0), 1.0, atol=1e-5)

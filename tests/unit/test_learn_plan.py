@@ -143,10 +143,25 @@ def test_variant_switches_reach_the_training_config():
     )
 
 
-def test_tissue_variant_needs_a_dataset_with_a_tissue_table(tmp_path):
+def test_tissue_variant_of_a_cohort_learns_the_atropos_classes():
+    """Cohort source: tissue maps from Atropos (CSF, GM, WM), no tissue_suffix; the cohort
+    train params are unchanged (the tissue maps are rule inputs)."""
+    tissue = cfg(tissue_weight=1.0)
+    check_learned_config(tissue, IMAGES)
+    assert plan_learned(tissue, "3").tissue_names == ("CSF", "GM", "WM")
+    assert plan_learned(LCFG, "3").tissue_names == ()
+    assert train_params(tissue, IMAGES) == train_params(LCFG, IMAGES)
+    with pytest.raises(InputError, match="config key learned.tissue_suffix: dataset source"):
+        check_learned_config(cfg(tissue_weight=1.0, tissue_suffix="desc-seg4_dseg"), IMAGES)
+    check_learned_config(cfg(tissue_suffix="desc-seg4_dseg"), IMAGES)  # unused: weight 0
+
+
+def test_tissue_variant_of_a_dataset_needs_a_tissue_table(tmp_path):
     (tmp_path / "participants.tsv").write_text("participant_id\tage\n")
-    with pytest.raises(InputError, match="learned.tissue_weight"):
-        check_learned_config(cfg(tissue_weight=1.0), IMAGES)
+    with pytest.raises(
+        InputError, match="config key learned.tissue_weight: .*learned.tissue_suffix"
+    ):
+        check_learned_config(cfg(source=str(tmp_path), tissue_weight=1.0), IMAGES)
     ds = cfg(source=str(tmp_path), tissue_weight=1.0, tissue_suffix="desc-seg4_dseg")
     with pytest.raises(InputError, match="learned.tissue_suffix"):
         check_learned_config(ds, IMAGES)  # no desc-seg4_dseg.tsv

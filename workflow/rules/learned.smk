@@ -1,4 +1,5 @@
-# Learned age-conditional atlas (config block learned): training, AARN, atlases at ages
+# Learned age-conditional atlas (config block learned): Atropos tissue maps of the images
+# (tissue variants of a cohort source), training, AARN, atlases at ages
 # exported as TemplateFlow, one-pass registration of each image to the atlas of its age, and
 # an evaluation against the iterative template. Decisions and checks are made at parse time
 # by atlas.learn.plan; job functions are in atlas/learn/jobs.py. Targets: LEARNED_TARGETS
@@ -7,6 +8,29 @@
 
 
 include: "learned_common.smk"
+
+
+# Cohort source with tissue_weight > 0: Atropos CSF/GM/WM of each preprocessed image,
+# carried onto the reference grid (one job per image; the training job reads them).
+rule learned_tissue:
+    input:
+        image=rules.preprocess.output.out_image,
+        mask=rules.preprocess.output.out_mask,
+        normalisation=rules.normalise.output.out_affine,
+        reference=rules.reference.output.out_image,
+    output:
+        out_dseg=LEARNED_TISSUE,
+    log:
+        f"{OUT}/logs/{{subdir}}/{{img}}_learned_tissue.log",
+    conda:
+        ENV_TORCH
+    threads: config["threads_per_job"]
+    resources:
+        **job_resources("fusion"),
+    params:
+        step="learn.atropos_tissues",
+    script:
+        RUN
 
 
 rule learned_train:

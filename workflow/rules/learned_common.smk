@@ -75,10 +75,21 @@ LEARNED_TARGETS = [
 ]
 
 
+# Atropos tissue map of each normalised training image (cohort source, tissue_weight > 0)
+LEARNED_TISSUE = (
+    f"{LWORK}/tissue/{{subdir}}/{{img}}_space-{REF}_desc-atropos_dseg.nii.gz"
+)
+
+
 def learned_train_inputs(w):
-    if FROM_COHORT:
-        return {"images": subject_files(f"space-{REF}_desc-preproc_T1w.nii.gz")}
-    return {"participants": f"{LEARNED_CFG['source']}/participants.tsv"}
+    if not FROM_COHORT:
+        return {"participants": f"{LEARNED_CFG['source']}/participants.tsv"}
+    inputs = {"images": subject_files(f"space-{REF}_desc-preproc_T1w.nii.gz")}
+    if LPLAN.tissue_names:
+        inputs["tissues"] = [
+            LEARNED_TISSUE.format(subdir=SUBDIR[i], img=i) for i in IMAGES.img
+        ]
+    return inputs
 
 
 def learned_label_inputs(w):
