@@ -3,7 +3,12 @@
 Usage (from the project root)::
 
     python benchmarks/learned_ixi3d.py [--subjects 10] [--resolution 2] [--steps 1500]
-                                       [--batch-size 2] [--out DIR]
+                                       [--batch-size 2] [--tissue-weight W] [--adversarial]
+                                       [--out DIR]
+
+``--tissue-weight`` > 0 and ``--adversarial`` pick the variant of issue 13 (GAN + tissue: both;
+the tissue maps are Atropos CSF/GM/WM of each image, rule ``learned_tissue``); run each
+variant into its own ``--out``.
 
 Runs the real Snakefile on the first ``--subjects`` IXI subjects, or with ``--age-spread``
 on that many at evenly spaced age ranks (skull stripped with Colin27, ``--resolution`` mm,
@@ -87,6 +92,17 @@ def main(argv=None) -> None:
     ap.add_argument("--affine-iterations", type=int, default=2)
     ap.add_argument("--syn-iterations", type=int, default=3)
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument(
+        "--tissue-weight",
+        type=float,
+        default=0.0,
+        help="learned.tissue_weight (> 0: tissue maps from Atropos of each image)",
+    )
+    ap.add_argument(
+        "--adversarial",
+        action="store_true",
+        help="learned.adversarial (Atlas-GAN; discriminator warm-up over a third of the steps)",
+    )
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_learned_ixi3d"))
     args = ap.parse_args(argv)
     args.out = args.out.resolve()
@@ -123,6 +139,9 @@ def main(argv=None) -> None:
             "ages": sample_ages,
             "evaluation_labels": {"dir": "derivatives/dlmuse", "desc": "dlmuse"},
             "train": {"steps": args.steps, "batch_size": args.batch_size},
+            "tissue_weight": args.tissue_weight,
+            "adversarial": args.adversarial,
+            "discriminator": {"warmup_steps": args.steps // 3},
         },
     }
     cfg_path = args.out / "config.yaml"
