@@ -122,24 +122,16 @@ def _mean_affine(affines) -> sitk.AffineTransform:
 
 
 def mean_displacement(warps: Iterable[sitk.Image]) -> sitk.Image:
-    """Voxel-wise mean of displacement fields (mm, LPS components) on one grid.
-
-    The fields are summed one at a time, so a generator that reads each from disk keeps one
-    field in memory (a 2 mm MNI-grid field is 16 MB: a list of 1000 would be 16 GB).
+    """Voxel-wise mean of displacement fields (mm, LPS components) on one grid: the ``mean``
+    of :func:`average_images`, which sums them one at a time, so a generator that reads each
+    from disk keeps one field in memory (a 2 mm MNI-grid field is 16 MB: a list of 1000
+    would be 16 GB).
 
     Raises
     ------
-    ValueError when ``warps`` is empty.
+    ValueError when ``warps`` is empty or the fields are on different grids.
     """
-    acc, like, n = None, None, 0
-    for w in warps:
-        arr = voxels(w).astype(np.float64)
-        acc = arr if acc is None else acc + arr
-        like = w if like is None else like
-        n += 1
-    if not n:
-        raise ValueError("no displacement fields to average")
-    return _image(acc / n, like)
+    return average_images(warps, "mean")
 
 
 def _resample(image: sitk.Image, like: sitk.Image, transform) -> sitk.Image:

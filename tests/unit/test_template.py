@@ -74,7 +74,7 @@ def test_shape_update_moves_template_to_population_centre(brain, tmp_path):
 
 
 def test_mean_displacement_of_no_fields_is_an_error():
-    with pytest.raises(ValueError, match="no displacement fields"):
+    with pytest.raises(ValueError, match="no images to average"):
         mean_displacement(iter([]))
 
 
