@@ -187,15 +187,18 @@ def plot_losses(history: list[dict]) -> plt.Figure:
     return fig
 
 
-def plot_age_montage(slices: list[np.ndarray], ages, vmax: float | None = None) -> plt.Figure:
+def plot_age_montage(
+    slices: list[np.ndarray], ages, vmax: float | None = None, unit: str = "y"
+) -> plt.Figure:
     """One row of 2D slices (first array axis = x, left to right; second = up), titled with
-    their ages in years; grey scale from 0 to ``vmax`` (default: the 99.5th percentile of
-    the slices). Returns a matplotlib Figure (Agg backend)."""
+    their ages and ``unit`` (``y`` years, ``mo`` months); grey scale from 0 to ``vmax``
+    (default: the 99.5th percentile of the slices). Returns a matplotlib Figure (Agg
+    backend)."""
     vmax = float(np.percentile(np.stack(slices), 99.5)) if vmax is None else vmax
     fig, axes = plt.subplots(1, len(slices), figsize=(2.2 * len(slices), 2.8), squeeze=False)
     for ax, sl, age in zip(axes[0], slices, ages, strict=True):
         ax.imshow(sl.T, cmap="gray", vmin=0, vmax=vmax, origin="lower")
-        ax.set_title(f"{age:g} y")
+        ax.set_title(f"{age:g} {unit}")
         ax.axis("off")
     fig.tight_layout()
     return fig
@@ -369,8 +372,9 @@ def plot_age_tissue_montage(
     tissue_names,
     ages,
     vmax: float | None = None,
+    unit: str = "y",
 ) -> plt.Figure:
-    """Learned 4D atlas with tissue maps: one column per age (years), the intensity slices
+    """Learned 4D atlas with tissue maps: one column per age (in ``unit``), the intensity slices
     (as in :func:`plot_age_montage`) in the first row and one row of probability slices in
     [0, 1] per tissue (``tissue_rows[k]``, named ``tissue_names[k]``) below, so intensity
     and tissue maps of an age sit side by side. Returns a matplotlib Figure."""
@@ -383,7 +387,7 @@ def plot_age_tissue_montage(
     for r, (name, row, cmap, top) in enumerate(rows):
         for c, (ax, sl) in enumerate(zip(axes[r], row, strict=True)):
             ax.imshow(sl.T, cmap=cmap, vmin=0, vmax=top, origin="lower")
-            ax.set_title(f"{ages[c]:g} y" if r == 0 else "")
+            ax.set_title(f"{ages[c]:g} {unit}" if r == 0 else "")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_ylabel(name if c == 0 else "")

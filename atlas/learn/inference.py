@@ -396,16 +396,17 @@ def montage(model_path_or_atlas, ages, png, sex=None) -> Path:
     return Path(png)
 
 
-def montage_figure(atlas: LearnedAtlas, images, tissues, ages):
-    """The montage Figure: the intensity atlases ``(N, *S)`` at ``ages`` (years) in a row
-    (:func:`atlas.qc.plot_age_montage`), or, with tissue maps ``(N, K + 1, *S)``, the
-    intensity row above one row per tissue (:func:`atlas.qc.plot_age_tissue_montage`)."""
+def montage_figure(atlas: LearnedAtlas, images, tissues, ages, unit: str = "y"):
+    """The montage Figure: the intensity atlases ``(N, *S)`` at ``ages`` in a row, titled in
+    ``unit`` (``y`` or ``mo``; :func:`atlas.qc.plot_age_montage`), or, with tissue maps
+    ``(N, K + 1, *S)``, the intensity row above one row per tissue
+    (:func:`atlas.qc.plot_age_tissue_montage`)."""
     vmax = float(np.percentile(images, 99.5))
     if tissues is None:
-        return qc.plot_age_montage(montage_slices(atlas, images), ages, vmax)
+        return qc.plot_age_montage(montage_slices(atlas, images), ages, vmax, unit)
     rows = [montage_slices(atlas, tissues[:, k]) for k in range(1, tissues.shape[1])]
     return qc.plot_age_tissue_montage(
-        montage_slices(atlas, images), rows, atlas.tissue_names, ages, vmax
+        montage_slices(atlas, images), rows, atlas.tissue_names, ages, vmax, unit
     )
 
 

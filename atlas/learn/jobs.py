@@ -287,7 +287,8 @@ def sample_atlases(
     }
     if net is not None:
         desc["age_scaled"] = "desc-agescaled: header affine M(age) @ affine from the AARN"
-    figure = montage_figure(atlas, images, tissues, years)
+    unit = {"years": "y", "months": "mo"}[age_units]
+    figure = montage_figure(atlas, images, tissues, [float(a) for a in ages], unit)
 
     for k, path in enumerate(out_atlases):
         atlas.write(images[k], path)

@@ -163,7 +163,7 @@ def test_fit_age_affines_tabulates_growth_in_months(tmp_path):
     assert AARN.load(tmp_path / "aarn.pt").ndim == 3
 
 
-def test_sample_atlases_writes_the_template_set_or_nothing(run, tmp_path):
+def test_sample_atlases_writes_the_template_set_or_nothing(run, tmp_path, monkeypatch):
     aarn = AARN(3)
     with torch.no_grad():
         aarn.mlp[-1].bias[:3] = float(np.log(1.1))  # isotropic scale 1.1 at every age
@@ -185,7 +185,15 @@ def test_sample_atlases_writes_the_template_set_or_nothing(run, tmp_path):
     with pytest.raises(ValueError, match="age-scaled"):
         ljobs.sample_atlases(out_atlases=atlases, **kwargs)  # out_scaled missing
     assert not tpl.exists()
+    titles = []
+    draw = ljobs.montage_figure
+    monkeypatch.setattr(
+        ljobs,
+        "montage_figure",
+        lambda *a: titles.append([ax.get_title() for ax in draw(*a).axes]) or draw(*a),
+    )
     ljobs.sample_atlases(out_atlases=atlases, out_scaled=scaled, **kwargs)
+    assert titles == [["240 mo", "600 mo"]]  # the montage is titled in the configured units
     desc = json.loads((tpl / "template_description.json").read_text())
     assert desc["cohort"] == {
         "1": {"age": [240.0], "units": "months"},

@@ -190,6 +190,8 @@ def test_figures_show_their_data():
     assert [ax.get_title() for ax in fig.axes] == ["20 y", "80.5 y"]
     np.testing.assert_array_equal(fig.axes[1].images[0].get_array(), bright.T)
     assert fig.axes[0].images[0].get_clim() == (0, 1.0)
+    fig = qc.plot_age_montage([dark], [6], vmax=1.0, unit="mo")  # infant atlases: months
+    assert [ax.get_title() for ax in fig.axes] == ["6 mo"]
 
 
 def test_register_file_outputs(tiny_model, tmp_path):
