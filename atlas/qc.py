@@ -10,6 +10,8 @@ over the image, as sMRIPrep's reportlets draw them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -47,10 +49,11 @@ def mosaic(volumes: list[np.ndarray], labels: list[str], path):
     return fig
 
 
-def subject_grid(volumes: list[np.ndarray], labels: list[str], path, ncols: int = 5):
+def subject_grid(volumes: Iterable[np.ndarray], labels: list[str], path, ncols: int = 5):
     """Axial mid slice of each ``(X, Y, Z)`` volume in a grid of ``ncols`` columns
-    (subjects in template space); PNG at ``path``. Returns the (closed) figure."""
-    n = len(volumes)
+    (subjects in template space, one panel per label; ``volumes`` may be a generator, drawn
+    one at a time); PNG at ``path``. Returns the (closed) figure."""
+    n = len(labels)
     nrows = int(np.ceil(n / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.4 * nrows), squeeze=False)
     for ax in axes.ravel():

@@ -20,7 +20,14 @@ from .. import io, metrics
 from ..provenance import software_versions
 from ..registration.transforms import forward_transform_sitk, jacobian_determinant_sitk
 from .convergence import evaluate_convergence
-from .methods import average_images, shape_update, sharpen, template_change, voxels
+from .methods import (
+    average_images,
+    shape_update,
+    sharpen,
+    template_change,
+    voxel_variance,
+    voxels,
+)
 
 if TYPE_CHECKING:
     import ants
@@ -212,7 +219,7 @@ def final(
     conv = pd.concat([pd.read_csv(p, sep="\t") for p in convergence_rows], ignore_index=True)
     subj = pd.concat([pd.read_csv(p, sep="\t") for p in subject_rows], ignore_index=True)
     subj = participants[["img", "subject", "session", "age", "sex"]].merge(subj, on="img")
-    stack = np.stack([io.read_image(p).numpy() for p in warped])
+    variance = voxel_variance(io.read_image(p).numpy() for p in warped)  # one at a time
     verdict = evaluate_convergence(conv, convergence)
     (log.info if verdict["met"] else log.warning)(verdict["message"])
     desc = template_description(tpl, participants, config, res_label, verdict)
@@ -222,7 +229,7 @@ def final(
             (io.write_image, tpl.new_image_like((mask_mean >= 0.5).astype("float32")), out_mask),
             (io.write_tsv, conv, out_convergence),
             (io.write_tsv, subj, out_subjects),
-            (io.write_image, tpl.new_image_like(stack.var(0).astype("float32")), out_variance),
+            (io.write_image, tpl.new_image_like(variance.astype("float32")), out_variance),
             (io.write_json, desc, out_description),
         ]
     )
@@ -231,4 +238,5 @@ def final(
     vols = [io.read_image(p).numpy() for p in templates]
     qc.mosaic(vols, [f"iteration {k}" for k in range(len(vols))], out_fig_mosaic)
     qc.convergence_plot(conv, out_fig_convergence, verdict)
-    qc.subject_grid(list(stack), list(participants.img), out_fig_subjects)
+    volumes = (io.read_image(p).numpy() for p in warped)  # read again, one at a time
+    qc.subject_grid(volumes, list(participants.img), out_fig_subjects)

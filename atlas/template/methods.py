@@ -84,6 +84,32 @@ def average_images(images: Iterable[sitk.Image], method: str = "mean") -> sitk.I
     return _image(avg, like)
 
 
+def voxel_variance(arrays: Iterable[np.ndarray]) -> np.ndarray:
+    """Voxel-wise population variance (ddof 0, as ``np.var``) of arrays of one shape,
+    accumulated one array at a time by Welford's update (Welford 1962, Technometrics 4), so
+    a generator keeps one subject in memory. Returns a float64 array of that shape (the
+    input's intensity unit squared).
+
+    Raises
+    ------
+    ValueError for no arrays or shapes that differ.
+    """
+    n, mean, m2 = 0, None, None
+    for arr in arrays:
+        arr = np.asarray(arr, dtype=np.float64)
+        if mean is None:
+            mean, m2 = np.zeros_like(arr), np.zeros_like(arr)
+        elif arr.shape != mean.shape:
+            raise ValueError(f"variance of arrays of shapes {mean.shape} and {arr.shape}")
+        n += 1
+        delta = arr - mean
+        mean += delta / n
+        m2 += delta * (arr - mean)
+    if mean is None:
+        raise ValueError("no arrays for the variance")
+    return m2 / n
+
+
 def average_affine_no_rigid(matrices: np.ndarray) -> np.ndarray:
     """Mean of affine matrices without their rotations (ANTs ``AverageAffineTransformNoRigid``).
 

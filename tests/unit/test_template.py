@@ -11,7 +11,12 @@ from atlas.preprocess import mni152_path, reference_grid
 from atlas.registration import register, set_determinism
 from atlas.registration.transforms import as_sitk
 from atlas.template import average_images, shape_update, sharpen
-from atlas.template.methods import average_affine_no_rigid, mean_displacement, voxels
+from atlas.template.methods import (
+    average_affine_no_rigid,
+    mean_displacement,
+    voxel_variance,
+    voxels,
+)
 
 
 def _ants(image):
@@ -273,3 +278,18 @@ def test_average_methods():
     other = as_sitk(ants.from_numpy(np.zeros((4, 5, 7), np.float32)))
     with pytest.raises(ValueError, match="different grids"):
         average_images([images[0], other], "mean")
+
+
+def test_voxel_variance_streams_and_matches_numpy():
+    """Welford's one-pass variance of a generator equals np.var of the stacked arrays (ddof 0)
+    to float64 rounding, also for a large common offset (where the naive E[x^2] - E[x]^2
+    loses digits); empty input and mismatched shapes are refused."""
+    rng = np.random.default_rng(0)
+    arrays = [1e4 + rng.normal(size=(6, 7, 8)) for _ in range(30)]
+    np.testing.assert_allclose(
+        voxel_variance(a for a in arrays), np.var(np.stack(arrays), 0), rtol=1e-9
+    )
+    with pytest.raises(ValueError, match="no arrays"):
+        voxel_variance(iter([]))
+    with pytest.raises(ValueError, match="shapes"):
+        voxel_variance([arrays[0], np.zeros((6, 7, 9))])
