@@ -122,19 +122,36 @@ def _radii(fusion: Mapping) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def prepare_atlas(*, t1w, dseg, table, reference_image, out_image, out_mask, out_dseg, settings):
+def prepare_atlas(
+    *,
+    t1w,
+    dseg,
+    table,
+    reference_image,
+    out_image,
+    out_mask,
+    out_dseg,
+    settings,
+    preprocessed_image=None,
+    preprocessed_mask=None,
+):
     """Validate one labelled atlas and preprocess its T1w like the workflow's images.
 
     ``settings`` are those of the workflow's ``preprocess`` rule
     (:func:`atlas.preprocess.plan.preprocess_settings`). The label map is checked against the
     T1w and the label table (:func:`validate_atlas`) and written as integers on its native
-    grid.
+    grid. A scan that is also a workflow image passes that image's ``preprocess`` outputs
+    (``preprocessed_image``, ``preprocessed_mask``: the same function of the same file),
+    which are copied instead of preprocessing the scan a second time.
     """
     from ..preprocess.jobs import preprocess_image
 
     dseg_img = io.read_image(dseg)
     validate_atlas(io.read_image(t1w), dseg_img, read_label_table(table))
-    image, mask, _ = preprocess_image(t1w, reference_image, settings)
+    if preprocessed_image is None:
+        image, mask, _ = preprocess_image(t1w, reference_image, settings)
+    else:
+        image, mask = io.read_image(preprocessed_image), io.read_image(preprocessed_mask)
     io.write_all(
         [
             (io.write_image, image, out_image),

@@ -154,7 +154,9 @@ def test_template_route_split_evaluation_reuses_the_template_build(
 ):
     """Template route, split evaluation whose test scans are the workflow's images: the plan
     registers only the atlases to the template (the test scans' template transforms come from
-    the template build), and each test scan's evaluation reads the template build's files."""
+    the template build), each test scan's evaluation reads the template build's files, and
+    each test scan is preprocessed once (its labelled-scan job takes the workflow image's
+    preprocessing)."""
     data = (shared_data / "miccai2012").resolve()
     cfg = _config(data, tmp_path, ATLASES + TARGETS, route="template", evaluation={"mode": "split"})
     summary = tmp_path / "out" / "group" / "desc-fusionsummary_evaluation.tsv"
@@ -167,6 +169,17 @@ def test_template_route_split_evaluation_reuses_the_template_build(
     assert counts["segment_atlas_to_template"] == len(ATLASES), plan
     assert counts["segment_evaluate"] == len(TARGETS), plan
     assert counts["subject_final"] == len(TARGETS), plan
+    jobs = run_workflow(tmp_path, cfg, [summary, "--dry-run"]).stdout.split("\nrule ")
+    prepare_inputs = [
+        j.split("input: ")[1].splitlines()[0]
+        for j in jobs
+        if j.startswith("segment_atlas_prepare:")
+    ]
+    assert len(prepare_inputs) == len(ATLASES + TARGETS)
+    for subject in ATLASES + TARGETS:
+        (inputs,) = [i for i in prepare_inputs if f"sub-{subject}_ses-1_T1w" in i]
+        own = f"{tmp_path}/out/sub-{subject}/ses-1/anat/sub-{subject}_ses-1_desc-preproc_T1w"
+        assert (own in inputs) == (subject in TARGETS), inputs
 
 
 def _load_miccai(root, subject: str, resolution: float):

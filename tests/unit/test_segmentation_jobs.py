@@ -166,6 +166,33 @@ def test_prepare_atlas_preprocesses_like_the_workflow_images(tmp_path, data):
     np.testing.assert_array_equal(_read(outs["mask"]), _read(ref["mask.nii.gz"]))
 
 
+def test_prepare_atlas_takes_a_workflow_images_preprocessing(tmp_path, data, monkeypatch):
+    """A held-out scan that is also a workflow image brings that image's preprocess outputs:
+    they are copied, and the scan is not preprocessed again."""
+    import atlas.preprocess.jobs as pjobs
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("preprocessed twice")
+
+    monkeypatch.setattr(pjobs, "preprocess_image", refuse)
+    pre_image = _write(tmp_path / "pre_T1w.nii.gz", np.pad(data["labels"], 2) / 10.0)
+    pre_mask = _write(tmp_path / "pre_mask.nii.gz", np.pad(data["labels"], 2) > 0)
+    outs = {k: str(tmp_path / f"out_{k}.nii.gz") for k in ("image", "mask", "dseg")}
+    jobs.prepare_atlas(
+        t1w=data["image"],
+        dseg=data["dseg"],
+        table=data["table"],
+        reference_image=data["image"],
+        settings=_settings(),
+        preprocessed_image=pre_image,
+        preprocessed_mask=pre_mask,
+        **{f"out_{k}": v for k, v in outs.items()},
+    )
+    np.testing.assert_array_equal(_read(outs["image"]), _read(pre_image))
+    np.testing.assert_array_equal(_read(outs["mask"]), _read(pre_mask))
+    np.testing.assert_array_equal(_read(outs["dseg"]), data["labels"])
+
+
 def test_prepare_atlas_refuses_unknown_labels_and_writes_nothing(tmp_path, data):
     labels = data["labels"].copy()
     labels[0, 0, 0] = 9

@@ -19,8 +19,7 @@ rule segmentation:
 
 rule segment_atlas_prepare:
     input:
-        t1w=lambda w: PLAN.labelled.loc[w.atlas, "t1w"],
-        dseg=lambda w: PLAN.labelled.loc[w.atlas, "dseg"],
+        unpack(prepare_inputs),
         table=LABEL_TABLE,
         reference_image=rules.reference.output.out_image,
     output:

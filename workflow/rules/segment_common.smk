@@ -130,6 +130,22 @@ def fuse_inputs(w):
     return files | template_transforms(w.img)
 
 
+def prepare_inputs(w):
+    """A labelled scan and its labels; a held-out scan that is also a workflow image brings
+    that image's preprocessing (the same function of the same file), not run twice."""
+    files = {
+        "t1w": PLAN.labelled.loc[w.atlas, "t1w"],
+        "dseg": PLAN.labelled.loc[w.atlas, "dseg"],
+    }
+    img = PLAN.eval_images.get(w.atlas)
+    if img is None:
+        return files
+    return files | {
+        "preprocessed_image": subject_file(img, "desc-preproc_T1w.nii.gz"),
+        "preprocessed_mask": subject_file(img, "desc-brain_mask.nii.gz"),
+    }
+
+
 def evaluate_inputs(w):
     """A held-out scan, its own labels and the atlases labelling it. Template route: its
     template transforms are those of the template build when the scan is a workflow image
