@@ -32,9 +32,10 @@ is theirs. Work common to both routes runs once in a base run and is hard-linked
 into each route's run (``--rerun-triggers mtime``; a route run fails if it redoes it):
 
 * ``prepare``: preprocessing of the labelled scans (atlases and test scans), as the atlases
-  of any segmentation run;
-* ``template-build``: the population template (reference, preprocessing of the workflow's
-  images, affine normalisation, SyGN iterations), which a user builds anyway.
+  of any segmentation run; the test scans, being workflow images, are preprocessed once, by
+  the workflow's ``preprocess`` rule, and their labelled-scan jobs copy that;
+* ``template-build``: the population template (reference, affine normalisation, SyGN
+  iterations on the workflow's images preprocessed above), which a user builds anyway.
 
 A route's ``wall_s`` is its labelling run: registrations (``n_atlases x n_targets`` in the
 direct route; one per atlas to the template in the template route, whose test scans reuse
