@@ -187,11 +187,13 @@ def test_sample_atlases_writes_the_template_set_or_nothing(run, tmp_path, monkey
     assert not tpl.exists()
     titles = []
     draw = ljobs.montage_figure
-    monkeypatch.setattr(
-        ljobs,
-        "montage_figure",
-        lambda *a: titles.append([ax.get_title() for ax in draw(*a).axes]) or draw(*a),
-    )
+
+    def titled(*args):
+        figure = draw(*args)
+        titles.append([ax.get_title() for ax in figure.axes])
+        return figure
+
+    monkeypatch.setattr(ljobs, "montage_figure", titled)
     ljobs.sample_atlases(out_atlases=atlases, out_scaled=scaled, **kwargs)
     assert titles == [["240 mo", "600 mo"]]  # the montage is titled in the configured units
     desc = json.loads((tpl / "template_description.json").read_text())
