@@ -46,18 +46,28 @@ class AARN(nn.Module):
     ndim : 2 or 3, dimension of the affines.
     age_mean, age_std : years; ages are standardised with them before the MLP.
     hidden : width of the two hidden layers.
+    translation_mm : mm per unit of the translation outputs, so that all outputs are of
+        order one (translations of tens of mm from a zero-initialised output layer left the
+        fit unconverged: 7-11 mm landmark RMS after 2000 steps on 8 infants, against < 1 mm
+        with translations in units of the 80 mm landmark cube).
 
     The output layer starts at zero, i.e. the identity affine at every age.
     """
 
     def __init__(
-        self, ndim: int = 3, age_mean: float = 0.0, age_std: float = 1.0, hidden: int = 32
+        self,
+        ndim: int = 3,
+        age_mean: float = 0.0,
+        age_std: float = 1.0,
+        hidden: int = 32,
+        translation_mm: float = 1.0,
     ):
         super().__init__()
         if ndim not in (2, 3):
             raise ValueError(f"ndim must be 2 or 3, got {ndim}")
         self.ndim = ndim
         self.hidden = hidden
+        self.translation_mm = float(translation_mm)
         self.register_buffer("age_stats", torch.tensor([age_mean, age_std], dtype=torch.float64))
         n_rot = 1 if ndim == 2 else 3
         self.sizes = {"log_scale": ndim, "shear": ndim * (ndim - 1) // 2, "rotation": n_rot}
@@ -75,9 +85,11 @@ class AARN(nn.Module):
     def _params(self, ages) -> dict:
         ages = torch.as_tensor(ages, dtype=torch.float64).reshape(-1, 1)
         z = ((ages - self.age_stats[0]) / self.age_stats[1]).float()
-        return dict(
+        params = dict(
             zip(self.sizes, torch.split(self.mlp(z), list(self.sizes.values()), 1), strict=True)
         )
+        params["translation"] = params["translation"] * self.translation_mm
+        return params
 
     def forward(self, ages) -> torch.Tensor:
         """Affine matrices ``(N, d+1, d+1)`` (mm) for ``ages`` ``(N,)`` in years."""
@@ -103,13 +115,14 @@ class AARN(nn.Module):
 
     def save(self, path) -> None:
         """Write weights and hyperparameters to ``path`` (torch format), atomically."""
-        io.write_torch({"ndim": self.ndim, "hidden": self.hidden, "state": self.state_dict()}, path)
+        hyper = {"ndim": self.ndim, "hidden": self.hidden, "translation_mm": self.translation_mm}
+        io.write_torch(hyper | {"state": self.state_dict()}, path)
 
     @classmethod
     def load(cls, path) -> AARN:
         """Read an AARN written by :meth:`save`."""
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model = cls(ckpt["ndim"], hidden=ckpt["hidden"])
+        model = cls(ckpt["ndim"], hidden=ckpt["hidden"], translation_mm=ckpt["translation_mm"])
         model.load_state_dict(ckpt["state"])
         return model
 
@@ -122,7 +135,9 @@ def fit_aarn(
     Minimises the mean squared distance (mm^2) between the points ``M_pred(age) p`` and
     ``M_subject p`` over the ``2**d`` corners ``p`` of a cube of half-width ``radius_mm``
     centred on the origin (a landmark error that weighs rotation/scale and translation in
-    the same unit), with full-batch Adam.
+    the same unit), with full-batch Adam and a cosine learning-rate decay to zero (the fit
+    settles instead of oscillating at the last step); the translation outputs are in units of
+    ``radius_mm`` (:class:`AARN` ``translation_mm``).
 
     Parameters
     ----------
@@ -146,7 +161,7 @@ def fit_aarn(
         raise ValueError(f"need affines (N, d+1, d+1) and ages (N,), got {tuple(target.shape)}")
     ndim = target.shape[1] - 1
     torch.manual_seed(seed)
-    model = AARN(ndim, float(ages.mean()), float(ages.std() or 1.0))
+    model = AARN(ndim, float(ages.mean()), float(ages.std() or 1.0), translation_mm=radius_mm)
     corners = torch.tensor(
         [
             [radius_mm * (2 * ((i >> k) & 1) - 1) for k in range(ndim)] + [1.0]
@@ -155,11 +170,13 @@ def fit_aarn(
     ).T
     goal = target @ corners
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
     for _ in range(steps):
         optimiser.zero_grad()
         loss = ((model(ages) @ corners - goal) ** 2).sum(1).mean()
         loss.backward()
         optimiser.step()
+        schedule.step()
     model.eval()
     return model
 

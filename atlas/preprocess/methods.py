@@ -167,7 +167,8 @@ def preprocess_t1w(
     ValueError when the head template is needed but not given, or the mask is empty.
     """
     info = {}
-    image = n4(reorient(image.astype("float32")))
+    image = reorient(image.astype("float32"))
+    image = ants.threshold_image(image, 0, None, 1, 0) * image  # N4 needs non-negative
     foreground = foreground_mask(image)
     if skull_strip == "auto":
         brain_only = is_brain_only(image, max_brain_ml, foreground)
@@ -178,6 +179,7 @@ def preprocess_t1w(
             raise ValueError(
                 "skull stripping needs config keys skull_strip_template.head and .mask"
             )
+        image = n4(image)  # the head template registration needs the whole head corrected
         mask = template_brain_mask(image, head_template, head_mask, seed=seed)
     elif skull_strip == "skip":
         mask = foreground

@@ -21,10 +21,13 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import ants
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:  # ANTs (~2.5 s to import) is loaded by the functions that call it
+    import ants
 
 from .. import io
 from ..qc import plot_evaluation, plot_volumes_vs_age, segmentation_overlay
@@ -139,26 +142,25 @@ def prepare_atlas(
 
     ``settings`` are those of the workflow's ``preprocess`` rule
     (:func:`atlas.preprocess.plan.preprocess_settings`). The label map is checked against the
-    T1w and the label table (:func:`validate_atlas`) and written as integers on its native
-    grid. A scan that is also a workflow image passes that image's ``preprocess`` outputs
-    (``preprocessed_image``, ``preprocessed_mask``: the same function of the same file),
-    which are copied instead of preprocessing the scan a second time.
+    T1w and the label table (:func:`validate_atlas`) and written as integers (rounded) on its
+    native grid. A scan that is also a workflow image passes that image's ``preprocess``
+    outputs (``preprocessed_image``, ``preprocessed_mask``: the same function of the same
+    file), which are copied instead of preprocessing the scan a second time; that job then
+    never loads ANTs (checks and label map with SimpleITK).
     """
-    from ..preprocess.jobs import preprocess_image
+    import SimpleITK as sitk
 
-    dseg_img = io.read_image(dseg)
-    validate_atlas(io.read_image(t1w), dseg_img, read_label_table(table))
+    validate_atlas(t1w, dseg, read_label_table(table))
+    labels = (io.write_sitk, sitk.Round(io.read_sitk(dseg)), out_dseg)
     if preprocessed_image is None:
+        from ..preprocess.jobs import preprocess_image
+
         image, mask, _ = preprocess_image(t1w, reference_image, settings)
+        writes = [(io.write_image, image, out_image), (io.write_image, mask, out_mask)]
     else:
-        image, mask = io.read_image(preprocessed_image), io.read_image(preprocessed_mask)
-    io.write_all(
-        [
-            (io.write_image, image, out_image),
-            (io.write_image, mask, out_mask),
-            (io.write_image, _image(dseg_img, as_labels(dseg_img)), out_dseg),
-        ]
-    )
+        writes = [(io.copy_file, preprocessed_image, out_image)]
+        writes.append((io.copy_file, preprocessed_mask, out_mask))
+    io.write_all([*writes, labels])
 
 
 def register_atlas(
@@ -267,6 +269,8 @@ def atropos_to_template(*, image, mask, template, affine, warp, out_probseg, mrf
     """Atropos GM/WM/CSF posteriors of one preprocessed image (:func:`atropos_tissue`),
     resampled onto the template grid with the image's forward transforms (linear); used for
     the template tissue maps when no atlases are configured."""
+    import ants
+
     subject = io.read_image(image)
     _, probs = atropos_tissue(subject, io.read_image(mask), mrf=mrf)
     tpl = io.read_image(template)
@@ -400,6 +404,8 @@ def evaluate_fold(
         registration=preset,
     )
     propagation_s = time.perf_counter() - start
+    import ants
+
     reference = ants.resample_image_to_target(
         io.read_image(dseg), target, interp_type="genericLabel"
     )

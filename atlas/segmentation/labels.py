@@ -111,19 +111,48 @@ def as_labels(image: ants.ANTsImage) -> np.ndarray:
     return image.numpy().round().astype(np.int64)
 
 
-def _read(image: ImageLike) -> tuple[ants.ANTsImage, str]:
-    """Return the image and a name for error messages (its path, if it was read from one)."""
-    import ants
+def _read(image: ImageLike):
+    """Return the image and a name for error messages: an in-memory ANTs image as given, a
+    path read with SimpleITK (:func:`atlas.io.read_sitk`, so a job that only checks and
+    copies files never loads ANTs)."""
+    if isinstance(image, str | os.PathLike):
+        from ..io import read_sitk
 
-    if isinstance(image, ants.ANTsImage):
-        return image, "<in-memory image>"
-    return ants.image_read(str(image)), str(image)
+        return read_sitk(image), str(image)
+    return image, "<in-memory image>"
 
 
-def check_same_grid(
-    a: ants.ANTsImage, b: ants.ANTsImage, *, atol: float = 1e-3, names=("image", "reference")
-) -> None:
+def _grid(image) -> dict:
+    """Shape (x, y, z index order), spacing, origin (mm) and flattened direction cosines of an
+    ANTs or a SimpleITK image."""
+    if hasattr(image, "GetSize"):  # SimpleITK
+        return {
+            "shape": image.GetSize(),
+            "spacing": image.GetSpacing(),
+            "origin": image.GetOrigin(),
+            "direction": image.GetDirection(),
+        }
+    return {
+        "shape": tuple(image.shape),
+        "spacing": image.spacing,
+        "origin": image.origin,
+        "direction": np.ravel(image.direction),
+    }
+
+
+def _voxels(image) -> np.ndarray:
+    """Voxel array of an ANTs or a SimpleITK image (any axis order)."""
+    if hasattr(image, "GetSize"):
+        import SimpleITK as sitk
+
+        return sitk.GetArrayViewFromImage(image)
+    return image.numpy()
+
+
+def check_same_grid(a, b, *, atol: float = 1e-3, names=("image", "reference")) -> None:
     """Raise ValueError unless ``a`` and ``b`` share shape, spacing, origin and direction.
+
+    ``a`` and ``b`` are ANTs or SimpleITK images (either kind, or one of each).
 
     Spacing and origin are compared in mm, direction cosines as unitless numbers, each with
     absolute tolerance ``atol``. The message names both images and every differing property.
@@ -133,10 +162,11 @@ def check_same_grid(
     (tested in ``tests/unit/test_segmentation.py``).
     """
     diffs = []
-    if a.shape != b.shape:
-        diffs.append(f"shape {a.shape} vs {b.shape}")
+    ga, gb = _grid(a), _grid(b)
+    if ga["shape"] != gb["shape"]:
+        diffs.append(f"shape {ga['shape']} vs {gb['shape']}")
     for prop in ("spacing", "origin", "direction"):
-        va, vb = np.asarray(getattr(a, prop)), np.asarray(getattr(b, prop))
+        va, vb = np.asarray(ga[prop]), np.asarray(gb[prop])
         if va.shape != vb.shape or not np.allclose(va, vb, atol=atol):
             diffs.append(f"{prop} {va.tolist()} vs {vb.tolist()}")
     if diffs:
@@ -150,7 +180,8 @@ def validate_atlas(
 
     Parameters
     ----------
-    t1w, dseg : paths or ANTs images of the atlas intensity image and its label map.
+    t1w, dseg : paths (read with SimpleITK) or ANTs images of the atlas intensity image and
+        its label map.
     table : label table from :func:`read_label_table`.
     atol : tolerance for the grid comparison (mm for spacing/origin), see
         :func:`check_same_grid`.
@@ -164,7 +195,7 @@ def validate_atlas(
     t1w_img, t1w_name = _read(t1w)
     dseg_img, dseg_name = _read(dseg)
     check_same_grid(dseg_img, t1w_img, atol=atol, names=(dseg_name, t1w_name))
-    values = np.unique(dseg_img.numpy())
+    values = np.unique(_voxels(dseg_img))
     if not np.all(values == np.round(values)):
         raise ValueError(f"{dseg_name}: label map holds non-integer values")
     ids = values[values != 0].astype(np.int64)

@@ -15,10 +15,13 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import ants
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:  # ANTs (~2.5 s to import) is loaded by the functions that call it
+    import ants
 
 from ..metrics import ncc
 from ..registration import TransformChain, register_preset
@@ -52,6 +55,8 @@ def propagate(
         raise ValueError(
             f"label_interpolation {label_interpolation!r} not in {LABEL_INTERPOLATIONS}"
         )
+    import ants
+
     return ants.apply_transforms(
         fixed,
         moving,

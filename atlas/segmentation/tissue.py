@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
-import ants
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:  # ANTs (~2.5 s to import) is loaded by the functions that call it
+    import ants
 
 from .labels import TISSUE_CLASSES, check_same_grid
 
@@ -68,6 +71,8 @@ def atropos_tissue(
     antspyx's ``atropos`` writes the posteriors to ``tempfile.mktemp()`` names and never
     removes them; they are kept in a private folder removed on return (:func:`_private_tempdir`).
     """
+    import ants
+
     check_same_grid(mask, image, names=("mask", "image"))
     with _private_tempdir():
         result = ants.kmeans_segmentation(image, len(TISSUE_CLASSES), kmask=mask, mrf=mrf)

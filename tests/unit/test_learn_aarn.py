@@ -49,3 +49,25 @@ def test_untrained_aarn_is_identity_and_roundtrips(tmp_path):
 def test_fit_rejects_bad_shapes():
     with pytest.raises(ValueError):
         fit_aarn([20.0, 30.0], np.zeros((3, 4, 4)))
+
+
+def test_fit_converges_with_large_translations():
+    """Eight subjects, each its own age, with translations of tens of mm (as normalisation
+    affines to an atlas often have): with 8 points and 32 hidden units the MLP can
+    interpolate them, so the converged fit reproduces every subject's affine. Before the
+    translation outputs were scaled (``translation_mm``) and the learning rate decayed, the
+    landmark RMS after the default 2000 steps was 7-11 mm on the real infant affines; the
+    bound here is 0.5 mm on the 80 mm landmark cube (0.6 % of its half-width)."""
+    rng = np.random.default_rng(1)
+    ages = np.arange(8.0) * 0.3
+    mats = np.tile(np.eye(4), (8, 1, 1))
+    mats[:, :3, :3] *= (0.7 + 0.04 * ages + rng.normal(0, 0.02, 8))[:, None, None]
+    mats[:, :3, 3] = rng.normal(0, 1, (8, 3)) * [5.0, 20.0, 8.0] + [35.0, 50.0, -8.0]
+    model = fit_aarn(ages, mats)
+    corners = np.array(
+        [[80.0 * (2 * ((i >> k) & 1) - 1) for k in range(3)] + [1.0] for i in range(8)]
+    ).T
+    with torch.no_grad():
+        fitted = model(ages).numpy().astype(np.float64)
+    rms = np.sqrt((((fitted - mats) @ corners) ** 2).sum(1).mean())
+    assert rms < 0.5, rms

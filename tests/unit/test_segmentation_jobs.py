@@ -193,6 +193,28 @@ def test_prepare_atlas_takes_a_workflow_images_preprocessing(tmp_path, data, mon
     np.testing.assert_array_equal(_read(outs["dseg"]), data["labels"])
 
 
+def test_prepare_atlas_copy_does_not_load_ants(tmp_path, data):
+    """The copy of a workflow image's preprocessing runs without importing ANTs (about 2.5 CPU s
+    per job): checked in a fresh interpreter, as a Snakemake job runs it."""
+    import subprocess
+    import sys
+
+    pre = _write(tmp_path / "pre_T1w.nii.gz", np.pad(data["labels"], 2) / 10.0)
+    files = {k: data[k] for k in ("dseg", "table")} | {"t1w": data["image"]}
+    files |= {"reference_image": data["image"], "preprocessed_image": pre}
+    files |= {"preprocessed_mask": pre} | {
+        f"out_{k}": tmp_path / f"out_{k}.nii.gz" for k in ("image", "mask", "dseg")
+    }
+    kwargs = {k: str(v) for k, v in files.items()}
+    code = (
+        "import sys\nfrom atlas.segmentation.jobs import prepare_atlas\n"
+        f"prepare_atlas(settings={{}}, **{kwargs!r})\nprint('ants' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    assert Path(kwargs["out_dseg"]).exists()
+
+
 def test_prepare_atlas_refuses_unknown_labels_and_writes_nothing(tmp_path, data):
     labels = data["labels"].copy()
     labels[0, 0, 0] = 9
