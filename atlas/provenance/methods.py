@@ -46,8 +46,10 @@ def preprocessing_text(config: dict, versions: dict) -> str:
     strip = {
         "auto": "brain-only inputs were detected by their foreground volume (at most "
         f"{config['brain_only_max_volume_ml']:g} mL) and masked by it, the others were "
+        "corrected for intensity non-uniformity as below on the whole image and then "
         "skull-stripped by registering a whole-head template with a brain mask",
-        "template": "the brain was extracted by registering a whole-head template with a "
+        "template": "each image was corrected for intensity non-uniformity as below on the "
+        "whole image, and the brain was extracted by registering a whole-head template with a "
         "brain mask (affine and SyN at 3 mm) and carrying the mask back",
         "skip": "no skull stripping was applied (the image foreground served as brain mask)",
     }[config["skull_strip"]]
@@ -60,10 +62,10 @@ def preprocessing_text(config: dict, versions: dict) -> str:
     aff = config["template"]["affine"]
     ref = _REFERENCE_NAMES.get(config["reference"], f"the template `{config['reference']}`")
     return (
-        "Each T1-weighted image was reoriented to RAS and corrected for intensity "
-        "non-uniformity with N4 [@tustison2010] as implemented in ANTs (antspyx "
-        f"{versions.get('antspyx')}) [@tustison2021]; {strip}; N4 was repeated inside the "
-        f"brain mask and intensities were {intensity}. Images were resampled to "
+        f"Each T1-weighted image was reoriented to RAS; {strip}. Intensity non-uniformity "
+        "was corrected inside the brain mask with N4 [@tustison2010] as implemented in ANTs "
+        f"(antspyx {versions.get('antspyx')}) [@tustison2021] and intensities were "
+        f"{intensity}. Images were resampled to "
         f"{config['resolution']:g} mm isotropic voxels and cropped to the brain plus "
         f"{config['fov_margin_mm']:g} mm. Each image was then aligned to "
         f"{ref.format(nilearn=versions.get('nilearn'))} by centre-of-mass initialisation, "

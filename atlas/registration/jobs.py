@@ -9,8 +9,6 @@ FireANTs).
 
 from __future__ import annotations
 
-from .. import io
-
 __all__ = ["register_to_template"]
 
 
@@ -36,12 +34,9 @@ def register_to_template(
     throughout.
     Writes the transforms (ANTs formats) and the image resampled onto the template
     (linear interpolation, float32)."""
-    from . import register
+    from . import image_io, register
 
-    if backend in ("greedy", "fireants"):
-        read, write = io.read_sitk, io.write_sitk
-    else:
-        read, write = io.read_image, io.write_image
+    read, write = image_io(backend)
     warped = register(
         read(template),
         read(image),

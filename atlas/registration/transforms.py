@@ -215,6 +215,17 @@ def as_sitk(image):
     return out
 
 
+def image_io(backend: str):
+    """``(read, write)`` image functions of a registration job: SimpleITK
+    (:func:`atlas.io.read_sitk`, :func:`atlas.io.write_sitk`) for the ``greedy`` and
+    ``fireants`` backends, whose jobs then never load ANTs (~2.5 CPU s), ANTs otherwise."""
+    from .. import io
+
+    if backend in ("greedy", "fireants"):
+        return io.read_sitk, io.write_sitk
+    return io.read_image, io.write_image
+
+
 def itk_threads() -> int:
     """Threads of a non-ANTs backend: the ITK thread count
     :func:`atlas.registration.set_determinism` set (else every CPU)."""
@@ -275,7 +286,8 @@ def register_preset_with(
     ``kwargs``: ``fixed_mask``, ``seed``): ``"Rigid"`` (6 dof), ``"Affine"`` or any SyN-family
     preset (affine then deformable, forward and inverse fields), files under ``outprefix``
     with ANTs' names (``0GenericAffine.mat``, ``1Warp.nii.gz``, ``1InverseWarp.nii.gz``);
-    ``reg_iterations`` (if given) replaces ``settings["iterations"]``.
+    ``reg_iterations`` (if given) replaces ``settings["iterations"]``. SimpleITK images are
+    resampled by the backend itself (no ANTs loaded), ANTs images by ``ants.apply_transforms``.
 
     Raises
     ------
@@ -287,27 +299,28 @@ def register_preset_with(
     if reg_iterations is not None:
         settings["iterations"] = list(reg_iterations)
     deformable = "SyN" in type_of_transform
-    affine, warp, inverse = run(
+    in_memory = is_sitk(fixed)
+    affine, warp, inverse, *resliced = run(
         fixed,
         moving,
         dof=6 if type_of_transform == "Rigid" else 12,
         deformable=deformable,
         settings=settings,
+        reslice=in_memory,
         **kwargs,
     )
     aff = f"{outprefix}0GenericAffine.mat"
     write_affine_ras(affine, aff)
-    if not deformable:
-        chains = TransformChain.forward(aff), TransformChain.inverse(aff)
-        return Registration(*chains, warped=warped_by(fixed, moving, aff))
     fwd, inv = f"{outprefix}1Warp.nii.gz", f"{outprefix}1InverseWarp.nii.gz"
-    write_sitk_warp(warp, fwd)
-    write_sitk_warp(inverse, inv)
-    return Registration(
-        forward=TransformChain.forward(aff, fwd),
-        inverse=TransformChain.inverse(aff, inv),
-        warped=warped_by(fixed, moving, aff, fwd),
-    )
+    if deformable:
+        write_sitk_warp(warp, fwd)
+        write_sitk_warp(inverse, inv)
+        chains = TransformChain.forward(aff, fwd), TransformChain.inverse(aff, inv)
+    else:
+        chains = TransformChain.forward(aff), TransformChain.inverse(aff)
+    if in_memory:
+        return Registration(*chains, warped=resliced[0])
+    return Registration(*chains, warped=warped_by(fixed, moving, aff, fwd if deformable else None))
 
 
 def forward_transform_sitk(affine_path, warp_path=None):

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # ANTs (~2.5 s to import) is loaded by the functions that cal
 
 from .. import io
 from ..qc import plot_evaluation, plot_volumes_vs_age, segmentation_overlay
-from ..registration import TransformChain, preset_kwargs, register_preset
+from ..registration import TransformChain, image_io, preset_kwargs, register_preset
 from .evaluation import evaluation_summary, score_fusion_methods
 from .labels import (
     apply_tissue_classes,
@@ -178,20 +178,20 @@ def register_atlas(
     ``{transform, iterations, backend, greedy}`` (a SyN-family ANTs preset, its per-level SyN
     iterations, the backend and its settings: :func:`atlas.registration.preset_kwargs`).
     Writes the forward affine and warp, and optionally the inverse warp and the warped atlas
-    T1w; the transform files ANTs writes stay in a private folder removed on return."""
+    T1w; the transform files ANTs writes stay in a private folder removed on return. With
+    the greedy or fireants backend the job never loads ANTs (:func:`atlas.registration.image_io`).
+    """
+    read, write = image_io(registration.get("backend", "ants"))
     with tempfile.TemporaryDirectory(prefix="atlas-") as tmp:
         result = register_preset(
-            io.read_image(fixed),
-            io.read_image(moving),
-            str(Path(tmp) / "reg_"),
-            **preset_kwargs(registration),
+            read(fixed), read(moving), str(Path(tmp) / "reg_"), **preset_kwargs(registration)
         )
         warp, affine = result.forward.paths
         writes = [(io.copy_file, affine, out_affine), (io.copy_file, warp, out_warp)]
         if out_inverse_warp:
             writes.append((io.copy_file, result.inverse.paths[-1], out_inverse_warp))
         if out_warped:
-            writes.append((io.write_image, result.warped, out_warped))
+            writes.append((write, result.warped, out_warped))
         io.write_all(writes)
 
 

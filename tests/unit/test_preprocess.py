@@ -143,3 +143,25 @@ def test_foreground_mask_matches_ants_components_and_hole_filling(brain):
     ref = ants.iMath(ants.iMath(thr, "GetLargestComponent"), "FillHoles").numpy() > 0
     assert ours[centre] and not ours[2, 2, 2]
     assert np.array_equal(ours, ref)
+
+
+def test_brain_only_inputs_get_one_n4_in_their_foreground(brain, monkeypatch):
+    """A brain-only image is corrected once, inside its foreground mask; a head gets the
+    whole-image N4 its skull stripping needs, then the N4 inside the brain mask."""
+    from atlas.preprocess import methods
+
+    image, mask = brain
+    calls = []
+
+    def recording_n4(img, mask=None):
+        calls.append(None if mask is None else int(mask.numpy().sum()))
+        return img
+
+    monkeypatch.setattr(methods, "n4", recording_n4)
+    preprocess_t1w(image, resolution=4.0)
+    assert calls == [int(foreground_mask(image).numpy().sum())]
+    calls.clear()
+    monkeypatch.setattr(methods, "template_brain_mask", lambda img, *a, **k: mask)
+    _, _, info = preprocess_t1w(_head(image, mask), 4.0, head_template=image, head_mask=mask)
+    assert info["skull_strip"] == "template"
+    assert calls == [None, int(mask.numpy().sum())]
