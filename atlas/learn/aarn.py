@@ -120,9 +120,11 @@ class AARN(nn.Module):
 
     @classmethod
     def load(cls, path) -> AARN:
-        """Read an AARN written by :meth:`save`."""
+        """Read an AARN written by :meth:`save` (files without ``translation_mm`` predate it
+        and have translations in mm)."""
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model = cls(ckpt["ndim"], hidden=ckpt["hidden"], translation_mm=ckpt["translation_mm"])
+        scale = ckpt.get("translation_mm", 1.0)
+        model = cls(ckpt["ndim"], hidden=ckpt["hidden"], translation_mm=scale)
         model.load_state_dict(ckpt["state"])
         return model
 
