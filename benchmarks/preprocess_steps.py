@@ -52,7 +52,6 @@ def two_n4(image: ants.ANTsImage) -> tuple[ants.ANTsImage, ants.ANTsImage]:
 def row(path: Path) -> dict:
     raw = ants.image_read(str(path))
     image = methods.reorient(raw.astype("float32"))
-    image = ants.threshold_image(image, 0, None, 1, 0) * image
     fg, t_fg = timed(methods.foreground_mask, image)
     new, t_n4 = timed(lambda: methods.normalise_intensity(methods.n4(image, fg), fg))
     _, t_all = timed(methods.preprocess_t1w, raw, resolution=2.0)

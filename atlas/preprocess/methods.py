@@ -150,9 +150,9 @@ def preprocess_t1w(
 ) -> tuple[ants.ANTsImage, ants.ANTsImage, dict]:
     """Full preprocessing of one T1w image.
 
-    Steps: reorient (:func:`reorient`), negative values set to 0; foreground mask (computed
-    once); brain extraction by ``skull_strip`` (``auto``: brain-only inputs detected by
-    :func:`is_brain_only` are masked by their foreground, others use the head template;
+    Steps: reorient (:func:`reorient`); foreground mask (computed once); brain extraction
+    by ``skull_strip`` (``auto``: brain-only inputs detected by :func:`is_brain_only` are
+    masked by their foreground, others use the head template;
     ``template``: always the head template, registered to the image after an N4 of the
     whole image; ``skip``: the foreground mask, no stripping); N4 inside the brain mask;
     intensity normalisation; resampling to ``resolution`` mm isotropic (linear for
@@ -172,7 +172,6 @@ def preprocess_t1w(
     """
     info = {}
     image = reorient(image.astype("float32"))
-    image = ants.threshold_image(image, 0, None, 1, 0) * image  # N4 needs non-negative
     foreground = foreground_mask(image)
     if skull_strip == "auto":
         brain_only = is_brain_only(image, max_brain_ml, foreground)

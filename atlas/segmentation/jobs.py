@@ -386,6 +386,8 @@ def evaluate_fold(
     once per scan) and ``fusion_s`` (seconds of that fusion). ``fusion`` as in
     :func:`fuse_target` (its ``method`` is not used: ``methods`` are).
     """
+    import ants
+
     target = io.read_image(image)
     chains, preset = None, None
     if atlas_affines:
@@ -404,8 +406,6 @@ def evaluate_fold(
         registration=preset,
     )
     propagation_s = time.perf_counter() - start
-    import ants
-
     reference = ants.resample_image_to_target(
         io.read_image(dseg), target, interp_type="genericLabel"
     )

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from ..registration.transforms import is_sitk
+
 TISSUE_CLASSES = ("CSF", "GM", "WM")
 """Tissue classes of the label table ``class`` column, in probseg channel order."""
 
@@ -125,7 +127,7 @@ def _read(image: ImageLike):
 def _grid(image) -> dict:
     """Shape (x, y, z index order), spacing, origin (mm) and flattened direction cosines of an
     ANTs or a SimpleITK image."""
-    if hasattr(image, "GetSize"):  # SimpleITK
+    if is_sitk(image):
         return {
             "shape": image.GetSize(),
             "spacing": image.GetSpacing(),
@@ -142,7 +144,7 @@ def _grid(image) -> dict:
 
 def _voxels(image) -> np.ndarray:
     """Voxel array of an ANTs or a SimpleITK image (any axis order)."""
-    if hasattr(image, "GetSize"):
+    if is_sitk(image):
         import SimpleITK as sitk
 
         return sitk.GetArrayViewFromImage(image)

@@ -193,12 +193,20 @@ def test_prepare_atlas_takes_a_workflow_images_preprocessing(tmp_path, data, mon
     np.testing.assert_array_equal(_read(outs["dseg"]), data["labels"])
 
 
-def test_prepare_atlas_copy_does_not_load_ants(tmp_path, data):
-    """The copy of a workflow image's preprocessing runs without importing ANTs (about 2.5 CPU s
-    per job): checked in a fresh interpreter, as a Snakemake job runs it."""
+def _loads_ants(code: str) -> bool:
+    """Run ``code`` (a job call) in a fresh interpreter, as a Snakemake job runs; whether it
+    imported ANTs."""
     import subprocess
     import sys
 
+    code = f"import sys\n{code}\nprint('ants' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.splitlines()[-1] == "True"  # the last line: after a backend's own output
+
+
+def test_prepare_atlas_copy_does_not_load_ants(tmp_path, data):
+    """The copy of a workflow image's preprocessing runs without importing ANTs (about 2.5 CPU s
+    per job): checked in a fresh interpreter, as a Snakemake job runs it."""
     pre = _write(tmp_path / "pre_T1w.nii.gz", np.pad(data["labels"], 2) / 10.0)
     files = {k: data[k] for k in ("dseg", "table")} | {"t1w": data["image"]}
     files |= {"reference_image": data["image"], "preprocessed_image": pre}
@@ -206,12 +214,8 @@ def test_prepare_atlas_copy_does_not_load_ants(tmp_path, data):
         f"out_{k}": tmp_path / f"out_{k}.nii.gz" for k in ("image", "mask", "dseg")
     }
     kwargs = {k: str(v) for k, v in files.items()}
-    code = (
-        "import sys\nfrom atlas.segmentation.jobs import prepare_atlas\n"
-        f"prepare_atlas(settings={{}}, **{kwargs!r})\nprint('ants' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    code = "from atlas.segmentation.jobs import prepare_atlas\n"
+    assert not _loads_ants(code + f"prepare_atlas(settings={{}}, **{kwargs!r})")
     assert Path(kwargs["out_dseg"]).exists()
 
 
@@ -279,9 +283,6 @@ def test_register_atlas_with_greedy_never_loads_ants(tmp_path, data):
     border voxels (where they treat samples outside the moving image differently). Measured:
     mean |difference| 0.04 % and max 0.5 % of the intensity range (at the phantom's 100-unit
     edges); bounds 0.2 % and 2 %."""
-    import subprocess
-    import sys
-
     from atlas.registration import TransformChain
     from atlas.segmentation import propagate
 
@@ -293,14 +294,12 @@ def test_register_atlas_with_greedy_never_loads_ants(tmp_path, data):
     kwargs["out_inverse_warp"] = str(tmp_path / "out_inverse-warp.nii.gz")
     registration = {"transform": "SyN", "backend": "greedy", "greedy": {"iterations": [10, 0]}}
     code = (
-        "import sys\nfrom atlas.registration import set_determinism\n"
+        "from atlas.registration import set_determinism\n"
         "from atlas.segmentation.jobs import register_atlas\n"
         "set_determinism(1, 1)\n"  # as workflow/scripts/run.py does
-        f"register_atlas(registration={registration!r}, **{kwargs!r})\n"
-        "print('ants' in sys.modules)"
+        f"register_atlas(registration={registration!r}, **{kwargs!r})"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines()[-1] == "False"  # after Greedy's own progress output
+    assert not _loads_ants(code)
     fixed = ants.image_read(data["image"])
     chain = TransformChain.forward(kwargs["out_affine"], kwargs["out_warp"])
     again = propagate(fixed, ants.image_read(moving), chain, labels=False).numpy()
