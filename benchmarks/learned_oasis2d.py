@@ -286,11 +286,29 @@ ITERATIVE = "iterative"
 and 90 y scored on the test subjects within 10 y of those ages."""
 
 
-def split(n: int):
-    """The 80/20 split by subject (seed 0) shared by every mode of this benchmark."""
+def split(n: int, validation: bool = False):
+    """The 80/20 split by subject (seed 0) shared by every mode of this benchmark; with
+    ``validation`` the training subjects split again 80/20 (seed 1) into training and
+    validation subjects, so that settings are chosen without the test subjects."""
     order = np.random.default_rng(0).permutation(n)
     n_train = int(round(0.8 * n))
-    return np.sort(order[:n_train]), np.sort(order[n_train:])
+    train_idx, test_idx = np.sort(order[:n_train]), np.sort(order[n_train:])
+    if not validation:
+        return train_idx, test_idx
+    order = np.random.default_rng(1).permutation(train_idx)
+    n_fit = int(round(0.8 * n_train))
+    return np.sort(order[:n_fit]), np.sort(order[n_fit:])
+
+
+def variant_config(name: str, args) -> dict:
+    """Train config keys of design variant ``name``: its switches, with ``--tissue-weight``
+    and ``--adversarial-weight`` for the variants that have a tissue or adversarial term."""
+    config = dict(VARIANTS[name])
+    if config.get("tissue_weight"):
+        config["tissue_weight"] = args.tissue_weight
+    if config.get("adversarial"):
+        config["adversarial_weight"] = args.adversarial_weight
+    return config
 
 
 def downsample(cohort, seg24, factor: int):
@@ -389,7 +407,7 @@ def design_variant(args, name: str) -> dict:
     full = load_bids_cohort(args.data, label_suffix=None, tissue_suffix="desc-seg4_dseg")
     seg24 = load_bids_cohort(args.data, label_suffix="desc-seg24_dseg").labels
     cohort, seg24 = downsample(full, seg24, args.downsample)
-    train_idx, test_idx = split(len(cohort.ages))
+    train_idx, test_idx = split(len(cohort.ages), args.validation)
     training = type(cohort)(
         images=cohort.images[train_idx],
         ages=cohort.ages[train_idx],
@@ -422,7 +440,7 @@ def design_variant(args, name: str) -> dict:
             "log_every": max(1, args.steps // 10),
             "seed": args.seed,
         }
-        result = train(options | VARIANTS[name], training, out / "model")
+        result = train(options | variant_config(name, args), training, out / "model")
     train_seconds, train_cpu = time.perf_counter() - tic, time.process_time() - cpu
     if name != ITERATIVE:
         atlas = LearnedAtlas(result["model"])
@@ -464,7 +482,9 @@ def run_design(args) -> list:
         cmd += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
         cmd += ["--threads", str(args.threads), "--k", str(args.k), "--data", args.data]
         cmd += ["--downsample", str(args.downsample), "--baseline-n", str(args.baseline_n)]
-        cmd += ["--seed", str(args.seed)]
+        cmd += ["--seed", str(args.seed), "--tissue-weight", str(args.tissue_weight)]
+        cmd += ["--adversarial-weight", str(args.adversarial_weight)]
+        cmd += ["--validation"] if args.validation else []
         subprocess.run(cmd, check=True)
         return json.loads((Path(args.out) / name / "report.json").read_text())
 
@@ -542,6 +562,21 @@ def add_design_arguments(parser) -> None:
     parser.add_argument("--downsample", type=int, default=1, help="design: grid factor")
     parser.add_argument(
         "--seed", type=int, default=0, help="design: torch seed of training (train.seed)"
+    )
+    parser.add_argument(
+        "--tissue-weight", type=float, default=1.0, help="design: train.tissue_weight of +tissue"
+    )
+    parser.add_argument(
+        "--adversarial-weight",
+        type=float,
+        default=0.1,
+        help="design: train.adversarial_weight of the adversarial variants",
+    )
+    parser.add_argument(
+        "--validation",
+        action="store_true",
+        help="design: train on 80 %% of the training subjects, score on the other 20 %% "
+        "(choosing settings without the test subjects)",
     )
 
 

@@ -31,14 +31,19 @@ def subject_measures(template, image, warped, displacement, zooms, mask) -> dict
 
     Returns
     -------
-    dict with ``ncc_unregistered``, ``ncc``, ``template_sharpness`` (per mm),
+    dict with ``ncc_unregistered``, ``ncc``, ``template_sharpness`` (mean gradient
+    magnitude of the template in the subject's intensity units per mm: the raw one times
+    :func:`intensity_slope` of the warped subject on the template, since an NCC-trained
+    atlas's intensity scale is free), ``template_sharpness_raw`` (template units per mm),
     ``mean_displacement_mm`` and ``pct_nonpositive_jacobian``.
     """
     det = metrics.jacobian_determinant(displacement, zooms)
+    raw = metrics.sharpness(template, zooms, mask)
     return {
         "ncc_unregistered": metrics.ncc(template, image, mask),
         "ncc": metrics.ncc(template, warped, mask),
-        "template_sharpness": metrics.sharpness(template, zooms, mask),
+        "template_sharpness": raw * intensity_slope(template, warped, mask),
+        "template_sharpness_raw": raw,
         "mean_displacement_mm": float(np.linalg.norm(displacement, axis=-1)[mask].mean()),
         "pct_nonpositive_jacobian": metrics.jacobian_stats(det, mask)["pct_nonpositive"],
     }
@@ -67,9 +72,9 @@ def method_summary(
 ) -> dict:
     """One row of the evaluation table: the per-subject rows of ``method`` averaged.
 
-    Columns: ``method``, ``template``, ``n_subjects``, ``sharpness``, ``centrality_mm``,
-    ``mean_displacement_mm``, ``pct_nonpositive_jacobian``, ``ncc_unregistered``, ``ncc``,
-    ``seconds_per_subject``.
+    Columns: ``method``, ``template``, ``n_subjects``, ``sharpness`` (subject intensity
+    units), ``sharpness_raw`` (template units), ``centrality_mm``, ``mean_displacement_mm``,
+    ``pct_nonpositive_jacobian``, ``ncc_unregistered``, ``ncc``, ``seconds_per_subject``.
     """
     rows = subjects[subjects.method == method]
     return {
@@ -77,6 +82,7 @@ def method_summary(
         "template": template,
         "n_subjects": len(rows),
         "sharpness": rows.template_sharpness.mean(),
+        "sharpness_raw": rows.template_sharpness_raw.mean(),
         "centrality_mm": centrality_mm,
         "mean_displacement_mm": rows.mean_displacement_mm.mean(),
         "pct_nonpositive_jacobian": rows.pct_nonpositive_jacobian.mean(),

@@ -424,7 +424,8 @@ def evaluate(
 
     Columns (:func:`atlas.learn.evaluation.method_summary`): ``method``, ``template``,
     ``n_subjects``, ``sharpness`` (mean gradient magnitude of the template each subject is
-    registered to, per mm), ``centrality_mm`` (mean over the brain mask of the magnitude of
+    registered to, per mm, in the subjects' intensity units), ``sharpness_raw`` (the same in
+    the template's units), ``centrality_mm`` (mean over the brain mask of the magnitude of
     the subjects' mean displacement), ``mean_displacement_mm``, ``pct_nonpositive_jacobian``,
     ``ncc_unregistered`` and ``ncc`` (subject-template NCC before / after the deformable
     registration), ``seconds_per_subject`` (registration time: one forward pass for the

@@ -15,7 +15,12 @@ def test_subject_measures_of_an_identity_registration():
     m = subject_measures(template, template, template, still, np.array([2.0, 2.0, 2.0]), mask)
     assert m["ncc"] == m["ncc_unregistered"] == 1.0
     assert m["mean_displacement_mm"] == 0.0 and m["pct_nonpositive_jacobian"] == 0.0
-    assert m["template_sharpness"] > 0
+    # The subject is the template: slope 1, sharpness in subject units = raw sharpness.
+    assert m["template_sharpness_raw"] > 0
+    assert m["template_sharpness"] == pytest.approx(m["template_sharpness_raw"])
+    brighter = subject_measures(2 * template, template, template, still, [2.0] * 3, mask)
+    assert brighter["template_sharpness_raw"] == pytest.approx(2 * m["template_sharpness_raw"])
+    assert brighter["template_sharpness"] == pytest.approx(m["template_sharpness"])
 
 
 def test_centrality_is_the_magnitude_of_the_mean_displacement():
@@ -38,6 +43,7 @@ def test_method_summary_averages_the_method_rows():
         {
             "method": ["learned", "learned", "iterative"],
             "template_sharpness": [1.0, 3.0, 9.0],
+            "template_sharpness_raw": [2.0, 4.0, 9.0],
             "mean_displacement_mm": [1.0, 2.0, 9.0],
             "pct_nonpositive_jacobian": [0.0, 0.0, 1.0],
             "ncc_unregistered": [0.5, 0.7, 0.1],
@@ -51,6 +57,7 @@ def test_method_summary_averages_the_method_rows():
         "template",
         "n_subjects",
         "sharpness",
+        "sharpness_raw",
         "centrality_mm",
         "mean_displacement_mm",
         "pct_nonpositive_jacobian",
@@ -59,6 +66,7 @@ def test_method_summary_averages_the_method_rows():
         "seconds_per_subject",
     ]
     assert row["n_subjects"] == 2 and row["sharpness"] == 2.0 and row["centrality_mm"] == 0.25
+    assert row["sharpness_raw"] == 3.0
     assert row["seconds_per_subject"] == 0.2
 
 
