@@ -7,8 +7,9 @@ Usage (from the project root)::
     python benchmarks/learned_oasis2d.py --design [--steps N] [--downsample F] [--jobs J] ...
 
 ``--design`` (issue 13) trains and evaluates the 2 x 2 design of one model family —
-``conditional``, ``conditional+tissue`` (``tissue_weight 1``), ``atlas-gan``
-(``adversarial``; Dey et al. 2021) and ``gan+tissue`` (both) — each in its own process
+``conditional``, ``conditional+tissue`` (``tissue_weight`` ``--tissue-weight``), ``atlas-gan``
+(``adversarial``, weight ``--adversarial-weight``; Dey et al. 2021) and ``gan+tissue``
+(both; the defaults 0.3 / 0.3 were chosen with ``--validation``, README) — each in its own process
 (same split, seed, steps and batch; the training subjects' seg4 maps give the tissues GM
 (cortex), SGM, WM, CSF; test subjects' labels are used only for scoring), on the grid
 coarsened ``--downsample`` times. Per held-out subject: Dice per tissue (WM, cortical GM,
@@ -275,9 +276,9 @@ def summarise(rows: list) -> dict:
 
 VARIANTS = {
     "conditional": {},
-    "conditional+tissue": {"tissue_weight": 1.0},
-    "atlas-gan": {"adversarial": True},
-    "gan+tissue": {"adversarial": True, "tissue_weight": 1.0},
+    "conditional+tissue": {"tissue_weight": 0.3},
+    "atlas-gan": {"adversarial": True, "adversarial_weight": 0.3},
+    "gan+tissue": {"adversarial": True, "adversarial_weight": 0.3, "tissue_weight": 0.3},
 }
 """The 2 x 2 design of issue 13: one model family, two switches (train config keys)."""
 TISSUES = ("WM", "GM", "CSF")
@@ -564,12 +565,12 @@ def add_design_arguments(parser) -> None:
         "--seed", type=int, default=0, help="design: torch seed of training (train.seed)"
     )
     parser.add_argument(
-        "--tissue-weight", type=float, default=1.0, help="design: train.tissue_weight of +tissue"
+        "--tissue-weight", type=float, default=0.3, help="design: train.tissue_weight of +tissue"
     )
     parser.add_argument(
         "--adversarial-weight",
         type=float,
-        default=0.1,
+        default=0.3,
         help="design: train.adversarial_weight of the adversarial variants",
     )
     parser.add_argument(

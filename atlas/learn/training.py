@@ -69,7 +69,7 @@ DEFAULT_CONFIG = {
     "dice_weight": 0.0,  # λ_dice; > 0 requires cohort labels and learns label channels
     "tissue_weight": 0.0,  # λ_tissue; > 0 requires cohort tissues, learns tissue maps
     "adversarial": False,  # Atlas-GAN: train an age-conditional patch discriminator
-    "adversarial_weight": 0.1,  # λ_adv after the warm-up
+    "adversarial_weight": 0.3,  # λ_adv after the warm-up
     "disc_lr": 2e-4,  # Adam learning rate of the discriminator
     "disc_loss": "lsgan",  # "lsgan" (least squares) or "hinge"
     "disc_penalty": "r1",  # "r1" (real images) or "gp" (WGAN-GP at interpolates)

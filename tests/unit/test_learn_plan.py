@@ -31,7 +31,7 @@ LCFG = {
     "tissue_suffix": None,
     "adversarial": False,
     "discriminator": {
-        "weight": 0.1,
+        "weight": 0.3,
         "lr": 0.0002,
         "loss": "lsgan",
         "penalty": "r1",
@@ -139,7 +139,7 @@ def test_variant_switches_reach_the_training_config():
     assert (hyper["disc_lr"], hyper["disc_warmup_steps"], hyper["adversarial_weight"]) == (
         0.0002,
         500,
-        0.1,
+        0.3,
     )
 
 
