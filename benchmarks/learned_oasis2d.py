@@ -7,26 +7,27 @@ Usage (from the project root)::
     python benchmarks/learned_oasis2d.py --design [--steps N] [--downsample F] [--jobs J] ...
 
 ``--design`` (issue 13) trains and evaluates the 2 x 2 design of one model family —
-``conditional``, ``conditional+tissue`` (``tissue_weight`` ``--tissue-weight``), ``atlas-gan``
-(``adversarial``, weight ``--adversarial-weight``; Dey et al. 2021) and ``gan+tissue``
-(both; the defaults 0.3 / 0.3 were chosen with ``--validation``, README) — each in its own process
-(same split, seed, steps and batch; the training subjects' seg4 maps give the tissues GM
-(cortex), SGM, WM, CSF; test subjects' labels are used only for scoring), on the grid
-coarsened ``--downsample`` times. Per held-out subject: Dice per tissue (WM, cortical GM,
-CSF) of the atlas tissue map carried to the subject vs its seg4 tissues (the learned tissue
-maps, argmax, of the tissue variants; else the majority vote of ``--k`` training subjects'
-tissue maps carried into the atlas, also reported for every variant as ``vote_mean_dice``),
-atlas sharpness (mean gradient magnitude inside the mean training brain mask, in the
-subjects' intensity units: times the least-squares slope of the subject carried into the
-atlas on the atlas, :func:`atlas.learn.evaluation.intensity_slope`, since the local NCC leaves
-an atlas's intensity scale free; ``sharpness_raw`` without), centrality (mean over the mask of
-the norm of the mean atlas->subject displacement, mm), % non-positive Jacobian and one-pass
-registration time; plus training wall and CPU time, peak memory (max RSS of the variant's
-process, data loading included) and the atlas CSF area at 20 / 50 / 90 y. The ``iterative``
-row is the ANTs baseline below (SyGN templates at 20 and 90 y, ``--baseline-n`` subjects each)
-on the same grid, scored the same way (voted tissue map carried back to each subject by the
-inverse SyN) on the test subjects within 10 y of 20 / 90 y; a second table scores every
-variant on that subset. ``--jobs`` runs that many variants at a time.
+``conditional``, ``conditional+tissue`` (``tissue_weight`` ``--tissue-weight``),
+``atlas-gan`` (``adversarial``, weight ``--adversarial-weight``; Dey et al. 2021) and
+``gan+tissue`` (both; the defaults 0.3 / 0.3 were chosen with ``--validation``, README) —
+each in its own process (same split, seed, steps and batch; the training subjects' seg4 maps
+give the tissues GM (cortex), SGM, WM, CSF; test subjects' labels are used only for
+scoring), on the grid coarsened ``--downsample`` times. Per held-out subject: Dice per
+tissue (WM, cortical GM, CSF) of the atlas tissue map carried to the subject vs its seg4
+tissues (the learned tissue maps, argmax, of the tissue variants; else the majority vote of
+``--k`` training subjects' tissue maps carried into the atlas, also reported for every
+variant as ``vote_mean_dice``), atlas sharpness (mean gradient magnitude inside the mean
+training brain mask, in the subjects' intensity units: times the least-squares slope of the
+subject carried into the atlas on the atlas, :func:`atlas.learn.evaluation.intensity_slope`,
+since the local NCC leaves an atlas's intensity scale free; ``sharpness_raw`` without),
+centrality (mean over the mask of the norm of the mean atlas->subject displacement, mm), %
+non-positive Jacobian and one-pass registration time; plus training wall and CPU time, peak
+memory (max RSS of the variant's process, data loading included) and the atlas CSF area at
+20 / 50 / 90 y. The ``iterative`` row is the ANTs baseline below (SyGN templates at 20 and
+90 y, ``--baseline-n`` subjects each) on the same grid, scored the same way (voted tissue
+map carried back to each subject by the inverse SyN) on the test subjects within 10 y of 20
+/ 90 y; a second table scores every variant on that subset. ``--jobs`` runs that many
+variants at a time.
 
 Protocol
 --------
@@ -275,12 +276,12 @@ def summarise(rows: list) -> dict:
 
 
 VARIANTS = {
-    "conditional": {},
-    "conditional+tissue": {"tissue_weight": 0.3},
-    "atlas-gan": {"adversarial": True, "adversarial_weight": 0.3},
-    "gan+tissue": {"adversarial": True, "adversarial_weight": 0.3, "tissue_weight": 0.3},
+    "conditional": (False, False),
+    "conditional+tissue": (True, False),
+    "atlas-gan": (False, True),
+    "gan+tissue": (True, True),
 }
-"""The 2 x 2 design of issue 13: one model family, two switches (train config keys)."""
+"""The 2 x 2 design of issue 13: one model family, two switches (tissue maps, adversarial)."""
 TISSUES = ("WM", "GM", "CSF")
 ITERATIVE = "iterative"
 """The iterative (SyGN) template row of ``--design``: :func:`ants_baseline` templates at 20
@@ -304,12 +305,9 @@ def split(n: int, validation: bool = False):
 def variant_config(name: str, args) -> dict:
     """Train config keys of design variant ``name``: its switches, with ``--tissue-weight``
     and ``--adversarial-weight`` for the variants that have a tissue or adversarial term."""
-    config = dict(VARIANTS[name])
-    if config.get("tissue_weight"):
-        config["tissue_weight"] = args.tissue_weight
-    if config.get("adversarial"):
-        config["adversarial_weight"] = args.adversarial_weight
-    return config
+    tissue, adversarial = VARIANTS[name]
+    config = {"tissue_weight": args.tissue_weight if tissue else 0.0, "adversarial": adversarial}
+    return config | ({"adversarial_weight": args.adversarial_weight} if adversarial else {})
 
 
 def downsample(cohort, seg24, factor: int):
