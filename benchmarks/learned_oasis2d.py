@@ -181,7 +181,7 @@ def ants_baseline(cohort, seg24, train_idx, test_idx, voters, n_template, tissue
     import ants
 
     from atlas import metrics
-    from atlas.learn.evaluation import centrality, intensity_slope, tissue_dice
+    from atlas.learn.evaluation import centrality, sharpness, tissue_dice
 
     syn = {"type_of_transform": "SyN", "syn_metric": "CC", "syn_sampling": 4}
     first = cohort.labels if tissues is None else tissues["maps"]
@@ -242,14 +242,10 @@ def ants_baseline(cohort, seg24, train_idx, test_idx, voters, n_template, tissue
             }
             if tissues is not None:
                 own, names = extra["to_subject"].astype(int), tissues["names"]
-                raw = metrics.sharpness(template.numpy(), cohort.spacing, tissues["mask"])
-                slope = intensity_slope(template.numpy(), extra["warped"], tissues["mask"])
-                row |= tissue_dice(own, tissues["maps"][i], names, TISSUES) | {
-                    "age": float(cohort.ages[i]),
-                    "sharpness": slope * raw,
-                    "sharpness_raw": raw,
-                    "intensity_slope": slope,
-                }
+                row |= tissue_dice(own, tissues["maps"][i], names, TISSUES)
+                row |= {"age": float(cohort.ages[i])} | sharpness(
+                    template.numpy(), extra["warped"], cohort.spacing, tissues["mask"]
+                )
                 fields.append(extra["field_mm"])
             out["rows"].append(row)
         if fields:
@@ -367,7 +363,7 @@ def score_variant(atlas, cohort, test_idx, maps, mask):
     voted) carried to the subject vs its seg4 tissues, the same for the voted map, atlas
     sharpness, % non-positive Jacobian, registration time; and the centrality (mm)."""
     from atlas import metrics
-    from atlas.learn.evaluation import centrality, intensity_slope, tissue_dice
+    from atlas.learn.evaluation import centrality, sharpness, tissue_dice
 
     rows, fields = [], []
     for i in test_idx:
@@ -377,16 +373,12 @@ def score_variant(atlas, cohort, test_idx, maps, mask):
         own = voted if reg.warped_tissues is None else reg.warped_tissues.argmax(0)
         det = metrics.jacobian_determinant(reg.inverse_displacement * atlas.spacing, atlas.spacing)
         vote_dice = tissue_dice(voted, cohort.tissues[i], cohort.tissue_names, TISSUES)
-        raw = metrics.sharpness(reg.atlas, atlas.spacing, mask)
-        slope = intensity_slope(reg.atlas, reg.warped, mask)  # subject in atlas space
         rows.append(
             {"subject": cohort.subjects[i], "age": float(cohort.ages[i])}
             | tissue_dice(own, cohort.tissues[i], cohort.tissue_names, TISSUES)
             | {f"vote_{k}": v for k, v in vote_dice.items()}
+            | sharpness(reg.atlas, reg.warped, atlas.spacing, mask)  # subject in atlas space
             | {
-                "sharpness": slope * raw,
-                "sharpness_raw": raw,
-                "intensity_slope": slope,
                 "pct_nonpositive_jac": metrics.jacobian_stats(det)["pct_nonpositive"],
                 "seconds": reg.seconds,
             }

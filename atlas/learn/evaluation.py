@@ -38,12 +38,12 @@ def subject_measures(template, image, warped, displacement, zooms, mask) -> dict
     ``mean_displacement_mm`` and ``pct_nonpositive_jacobian``.
     """
     det = metrics.jacobian_determinant(displacement, zooms)
-    raw = metrics.sharpness(template, zooms, mask)
+    sharp = sharpness(template, warped, zooms, mask)
     return {
         "ncc_unregistered": metrics.ncc(template, image, mask),
         "ncc": metrics.ncc(template, warped, mask),
-        "template_sharpness": raw * intensity_slope(template, warped, mask),
-        "template_sharpness_raw": raw,
+        "template_sharpness": sharp["sharpness"],
+        "template_sharpness_raw": sharp["sharpness_raw"],
         "mean_displacement_mm": float(np.linalg.norm(displacement, axis=-1)[mask].mean()),
         "pct_nonpositive_jacobian": metrics.jacobian_stats(det, mask)["pct_nonpositive"],
     }
@@ -122,6 +122,20 @@ def tissue_dice(atlas_tissues, subject_tissues, tissue_names, tissues=EVALUATION
     ids = [list(tissue_names).index(t) + 1 for t in tissues]
     scores = metrics.dice(atlas_tissues, subject_tissues, labels=ids)
     return {f"dice_{t}": scores[i] for t, i in zip(tissues, ids, strict=True)}
+
+
+def sharpness(template, subject, spacing, mask) -> dict:
+    """Sharpness of ``template`` (mean gradient magnitude over ``mask``, per mm;
+    :func:`atlas.metrics.sharpness`) in the subject's intensity units.
+
+    ``subject`` is on the template's grid (carried into template space); ``spacing`` the voxel
+    sizes (mm). Returns ``sharpness`` (``sharpness_raw`` times ``intensity_slope``, subject
+    units), ``sharpness_raw`` (template units) and ``intensity_slope``
+    (:func:`intensity_slope` of the subject on the template).
+    """
+    raw = metrics.sharpness(template, spacing, mask)
+    slope = intensity_slope(template, subject, mask)
+    return {"sharpness": raw * slope, "sharpness_raw": raw, "intensity_slope": slope}
 
 
 def intensity_slope(warped_atlas, subject, mask) -> float:
